@@ -1,0 +1,58 @@
+# One command per chore; `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUN_RECORD := .stack/run/test-started-$(shell date +%s)-$$$$
+
+.DEFAULT_GOAL := help
+.PHONY: help install dev stack-up stack-down stack-status test test-fast lint format token bench clean
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt -c constraints.txt
+	touch $(STAMP)
+
+install: $(STAMP) ## install Python packages, Debian packages and the Java servers
+	$(PY) -m devstack install
+
+dev: install ## run the whole service locally in the foreground (Ctrl-C stops it)
+	$(PY) -m devstack dev
+
+stack-up: install ## start Redis, the MongoDB-protocol server and Kafka
+	$(PY) -m devstack up
+
+stack-down: ## stop the servers
+	$(PY) -m devstack down
+
+stack-status: ## say which servers answer
+	$(PY) -m devstack status
+
+test: install ## start the servers that are not running, run every test, stop what it started
+	@mkdir -p .stack/run; record=$(RUN_RECORD); \
+	$(PY) -m devstack up --record $$record || { $(PY) -m devstack down --record $$record; exit 1; }; \
+	$(PY) -m pytest -n 2 --dist loadgroup --cov --cov-report=term:skip-covered $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m devstack down --record $$record; exit $$rc
+
+test-fast: ## the tests not marked slow, against running servers
+	$(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff and mypy
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy web workers shared devstack celeryconfig.py
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+token: $(STAMP) ## print a signed development token (ARGS="--type admin")
+	@$(PY) -m devstack token $(ARGS)
+
+clean: stack-down ## stop the servers and delete their data
+	rm -rf .stack

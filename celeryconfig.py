@@ -1,0 +1,57 @@
+"""Static Celery options shared by every process that sends or runs tasks.
+
+What depends on the environment (broker URL, key prefix) is applied on top by
+``workers.celery_app.create_celery`` from the typed settings; what is here is
+the same everywhere.  Task names are public API: routes match them by prefix.
+"""
+
+from kombu.entity import Queue
+
+# Messages carry ids and plain JSON, never pickles.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+
+# Job state lives in MongoDB (the Job document); Celery results are kept only
+# for the few tasks that ask for them (system.ping).
+task_ignore_result = True
+result_expires = 3600
+
+# One queue per domain, so operators can scale or pause them separately.
+task_queues = (
+    Queue("payments"),
+    Queue("cards"),
+    Queue("refunds"),
+    Queue("maintenance"),
+)
+task_default_queue = "maintenance"
+task_routes = {
+    "payments.*": {"queue": "payments"},
+    "cards.*": {"queue": "cards"},
+    "refunds.*": {"queue": "refunds"},
+    "outbox.*": {"queue": "maintenance"},
+    "system.*": {"queue": "maintenance"},
+}
+
+# A worker takes one message at a time per process: a crash loses (and the
+# broker redelivers) at most that one, and long tasks do not hoard others.
+worker_prefetch_multiplier = 1
+# Delivery contract defaults; tasks that are idempotent opt into acks_late in
+# workers.base.
+task_acks_late = False
+task_reject_on_worker_lost = False
+task_time_limit = 120
+task_soft_time_limit = 90
+
+# Publishing must not silently fail: retry a lost broker connection.
+task_publish_retry = True
+task_publish_retry_policy = {"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 3}
+broker_connection_retry_on_startup = True
+
+# Flower and `celery events` need task events.
+worker_send_task_events = True
+task_send_sent_event = True
+
+worker_hijack_root_logger = False
+enable_utc = True
+timezone = "UTC"

@@ -1,0 +1,163 @@
+"""``make dev``: the whole service in the foreground, stopped by Ctrl-C.
+
+Starts the servers that are not running (Redis, MongoDB, Kafka), creates the
+topics, then runs the API under gunicorn, two Celery worker nodes, the Kafka
+refund bridge, Flower and the checkout stand-in, each as a child process
+whose output is prefixed with its name.  Ctrl-C (or SIGTERM) stops the
+children and then the servers this run started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from devstack import servers
+
+ROOT = servers.ROOT
+PY = sys.executable
+BIN = Path(PY).parent
+
+#: Queues the development workers consume.
+WORKER_QUEUES = "payments,cards,maintenance"
+
+
+def _processes() -> dict[str, list[str]]:
+    celery = [str(BIN / "celery"), "-A", "workers.celery_app"]
+    worker = [
+        *celery,
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        "1",
+        "-O",
+        "fair",
+        "-Q",
+        WORKER_QUEUES,
+    ]
+    return {
+        "checkout": [
+            PY,
+            "-m",
+            "devstack.checkout_standin",
+            "--port",
+            "8090",
+            "--data",
+            str(servers.STACK_DIR / "checkouts.json"),
+        ],
+        "api": [str(BIN / "gunicorn"), "--config", "python:web.gunicorn_conf", "web.wsgi:app"],
+        "worker1": [*worker, "-n", "worker1@%h"],
+        "worker2": [*worker, "-n", "worker2@%h"],
+        "bridge": [PY, "-m", "workers.bridge"],
+        "flower": [PY, "-m", "workers.flower"],
+    }
+
+
+def _pump(name: str, stream: IO[bytes]) -> None:
+    for line in iter(stream.readline, b""):
+        sys.stdout.write(f"{name:9}| {line.decode(errors='replace')}")
+        sys.stdout.flush()
+
+
+def ensure_env_file() -> None:
+    env = ROOT / ".env"
+    if not env.exists():
+        shutil.copy(ROOT / ".env.example", env)
+        servers.log("created .env from .env.example (development values)")
+
+
+def run() -> int:
+    ensure_env_file()
+    from shared.settings import load_settings
+
+    settings = load_settings()
+    t0 = time.monotonic()
+    record = servers.STACK_DIR / "run" / "dev-started"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.unlink(missing_ok=True)
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = threading.Event()
+
+    def _stop(_signum: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        servers.up(list(servers.SERVERS), record=record)
+        subprocess.run([PY, "-m", "workers.topics"], cwd=ROOT, check=True)
+        for name, command in _processes().items():
+            proc = subprocess.Popen(
+                command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            children[name] = proc
+            assert proc.stdout is not None
+            threading.Thread(target=_pump, args=(name, proc.stdout), daemon=True).start()
+        _wait_for_api(settings.port, children)
+        _banner(settings.port, settings.flower_port, settings.flower_user, time.monotonic() - t0)
+        while not stopping.is_set():
+            for name, proc in children.items():
+                if proc.poll() is not None:
+                    servers.log(f"{name} exited with {proc.returncode}; stopping everything")
+                    stopping.set()
+            stopping.wait(0.5)
+        return 0
+    except (servers.StackError, subprocess.CalledProcessError) as exc:
+        servers.log(f"error: {exc}")
+        return 1
+    finally:
+        servers.log("stopping")
+        for proc in children.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for name, proc in children.items():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                servers.log(f"{name} did not stop in time; killing it")
+                os.killpg(proc.pid, signal.SIGKILL)
+        servers.down(record=record)
+        servers.log("stopped")
+
+
+def _wait_for_api(port: int, children: dict[str, subprocess.Popen[bytes]]) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if children["api"].poll() is not None:
+            raise servers.StackError("the API exited during start-up")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise servers.StackError("the API did not answer /healthz within 60s")
+
+
+def _banner(port: int, flower_port: int, flower_user: str, seconds: float) -> None:
+    print(
+        f"""
+==============================================================================
+ payment service is up ({seconds:.1f}s)
+   API        http://127.0.0.1:{port}/api/payment   (health: /healthz, /readyz)
+   Flower     http://127.0.0.1:{flower_port}   (user {flower_user}, password FLOWER_PASSWORD in .env)
+   checkout   http://127.0.0.1:8090   (development stand-in; seed with POST /_standin/checkouts)
+   MongoDB    mongodb://127.0.0.1:{servers.MONGO_PORT}   Redis redis://127.0.0.1:{servers.REDIS_PORT}
+   Kafka      127.0.0.1:{servers.KAFKA_PORT}
+ a token:     TOKEN=$(.venv/bin/python -m devstack token)
+ try:         curl -s http://127.0.0.1:{port}/readyz
+ Ctrl-C stops everything.
+==============================================================================
+""",
+        flush=True,
+    )

@@ -1,0 +1,397 @@
+"""The real servers of the local stack, installed and run without Docker.
+
+Each server is described once (how to install it, how to start it, how to
+tell that it answers) and run as a detached process whose pid, log and data
+live under one git-ignored folder (``.stack/`` by default).  ``up`` starts
+only what does not already answer, and can record what it started so that a
+caller (``make test``) stops exactly that afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVSTACK = ROOT / "devstack"
+STACK_DIR = Path(os.environ.get("DEVSTACK_DIR", ROOT / ".stack"))
+HOST = "127.0.0.1"
+
+REDIS_PORT = int(os.environ.get("DEVSTACK_REDIS_PORT", "6379"))
+KAFKA_PORT = int(os.environ.get("DEVSTACK_KAFKA_PORT", "9092"))
+KAFKA_CONTROLLER_PORT = int(os.environ.get("DEVSTACK_KAFKA_CONTROLLER_PORT", "9093"))
+MONGO_PORT = int(os.environ.get("DEVSTACK_MONGO_PORT", "27017"))
+
+# Debian packages the stack and its tests need (kcat is the Kafka client that
+# is not ours, used to produce refund events the way the order service does).
+APT_PACKAGES = {"redis-server": "redis-server", "kcat": "kcat"}
+
+
+class StackError(RuntimeError):
+    """A server could not be installed or did not come up."""
+
+
+def log(message: str) -> None:
+    print(f"[devstack] {message}", file=sys.stderr, flush=True)
+
+
+def port_open(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------
+# installation
+# --------------------------------------------------------------------------
+
+
+def install_apt_packages() -> None:
+    """Install the Debian packages that are missing (the machine runs as root)."""
+    missing = [pkg for binary, pkg in APT_PACKAGES.items() if shutil.which(binary) is None]
+    if not missing:
+        return
+    log(f"installing Debian packages: {' '.join(missing)}")
+    apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=apt_env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+        check=True,
+        env=apt_env,
+    )
+    # Debian starts its own redis-server service on install; ours runs on its
+    # own data folder, so stop the packaged one if it grabbed the port.
+    subprocess.run(["service", "redis-server", "stop"], check=False, capture_output=True)
+
+
+def java_lib_dir() -> Path:
+    return STACK_DIR / "lib"
+
+
+def install_java_servers() -> None:
+    """Resolve Kafka and mongo-java-server from Maven Central into .stack/lib."""
+    pom = DEVSTACK / "java" / "pom.xml"
+    stamp = java_lib_dir() / ".pom-sha256"
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    log("resolving Kafka and mongo-java-server from Maven Central")
+    if java_lib_dir().exists():
+        shutil.rmtree(java_lib_dir())
+    subprocess.run(
+        [
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={java_lib_dir()}",
+            "-DincludeScope=runtime",
+        ],
+        check=True,
+    )
+    stamp.write_text(digest)
+
+
+def install() -> None:
+    STACK_DIR.mkdir(parents=True, exist_ok=True)
+    install_apt_packages()
+    install_java_servers()
+
+
+# --------------------------------------------------------------------------
+# servers
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """One server of the stack: how to prepare, start and probe it."""
+
+    name: str
+    port: int
+    command: Callable[[], list[str]]
+    ready: Callable[[], bool]
+    prepare: Callable[[], None] = lambda: None
+    start_timeout: float = 90.0
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid_file(self) -> Path:
+        return STACK_DIR / "run" / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return STACK_DIR / "logs" / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def start(self) -> None:
+        self.prepare()
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as out:
+            proc = subprocess.Popen(
+                self.command(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                env={**os.environ, **self.env},
+                start_new_session=True,  # outlives the caller; Ctrl-C is ours to handle
+            )
+        self.pid_file.write_text(str(proc.pid))
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise StackError(f"{self.name} exited with {proc.returncode}; see {self.log_file}")
+            if self.ready():
+                return
+            time.sleep(0.3)
+        raise StackError(f"{self.name} did not answer within {self.start_timeout}s; see {self.log_file}")
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            log(f"{self.name} ignored SIGTERM for {timeout}s; killing it")
+            os.killpg(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+def _java() -> str:
+    return os.environ.get("JAVA", "java")
+
+
+def _redis_ready() -> bool:
+    try:
+        with socket.create_connection((HOST, REDIS_PORT), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _redis_command() -> list[str]:
+    data = STACK_DIR / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    return [
+        "redis-server",
+        "--bind",
+        HOST,
+        "--port",
+        str(REDIS_PORT),
+        "--dir",
+        str(data),
+        # Append-only file, fsync every second: a Redis restart keeps the queue.
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+    ]
+
+
+def _mongo_ready() -> bool:
+    import pymongo  # the project's own dependency; imported late so `install` runs without it
+
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
+        f"mongodb://{HOST}:{MONGO_PORT}", serverSelectionTimeoutMS=500, connectTimeoutMS=500
+    )
+    try:
+        client.admin.command("ping")
+        return True
+    except pymongo.errors.PyMongoError:
+        return False
+    finally:
+        client.close()
+
+
+def _mongo_command() -> list[str]:
+    data = STACK_DIR / "mongo"
+    data.mkdir(parents=True, exist_ok=True)
+    return [
+        _java(),
+        "-Xmx512m",
+        "-cp",
+        f"{java_lib_dir()}/*",
+        str(DEVSTACK / "java" / "MongoServerLauncher.java"),
+        HOST,
+        str(MONGO_PORT),
+        str(data / "mongo.mv.db"),
+    ]
+
+
+def _kafka_dir() -> Path:
+    return STACK_DIR / "kafka"
+
+
+def _kafka_properties() -> Path:
+    return _kafka_dir() / "server.properties"
+
+
+def _kafka_prepare() -> None:
+    """Write the broker's configuration and format its log dir once (KRaft)."""
+    data = _kafka_dir() / "data"
+    template = (DEVSTACK / "kafka" / "server.properties").read_text()
+    config = (
+        template.replace("@HOST@", HOST)
+        .replace("@PORT@", str(KAFKA_PORT))
+        .replace("@CONTROLLER_PORT@", str(KAFKA_CONTROLLER_PORT))
+        .replace("@DATA_DIR@", str(data))
+    )
+    _kafka_dir().mkdir(parents=True, exist_ok=True)
+    _kafka_properties().write_text(config)
+    if (data / "meta.properties").exists():
+        return
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    log(f"formatting Kafka log dir {data} (cluster {cluster_id})")
+    subprocess.run(
+        [
+            _java(),
+            "-Xmx256m",
+            "-cp",
+            f"{java_lib_dir()}/*",
+            *_kafka_jvm_flags(),
+            "kafka.tools.StorageTool",
+            "format",
+            "--ignore-formatted",
+            "-t",
+            cluster_id,
+            "-c",
+            str(_kafka_properties()),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def _kafka_jvm_flags() -> list[str]:
+    logs = STACK_DIR / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    return [
+        f"-Dlog4j2.configurationFile={DEVSTACK / 'kafka' / 'log4j2.properties'}",
+        f"-Dkafka.logs.dir={logs}",
+    ]
+
+
+def _kafka_command() -> list[str]:
+    return [
+        _java(),
+        "-Xms256m",
+        "-Xmx768m",
+        "-XX:+UseG1GC",
+        "-cp",
+        f"{java_lib_dir()}/*",
+        *_kafka_jvm_flags(),
+        "kafka.Kafka",
+        str(_kafka_properties()),
+    ]
+
+
+def _kafka_ready() -> bool:
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    if not port_open(KAFKA_PORT):
+        return False
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=f"{HOST}:{KAFKA_PORT}", request_timeout_ms=3000)
+    except (KafkaError, OSError, ValueError):
+        return False
+    try:
+        admin.describe_cluster()
+        return True
+    except (KafkaError, OSError):
+        return False
+    finally:
+        admin.close()
+
+
+SERVERS: dict[str, Server] = {
+    "redis": Server("redis", REDIS_PORT, _redis_command, _redis_ready, start_timeout=30),
+    "mongo": Server("mongo", MONGO_PORT, _mongo_command, _mongo_ready, start_timeout=60),
+    "kafka": Server(
+        "kafka", KAFKA_PORT, _kafka_command, _kafka_ready, prepare=_kafka_prepare, start_timeout=120
+    ),
+}
+
+
+def up(names: Sequence[str] = tuple(SERVERS), record: Path | None = None) -> list[str]:
+    """Start each named server that does not answer yet; return those started.
+
+    With ``record``, the names started are appended to that file, so that
+    ``down(record=...)`` later stops exactly those and nothing someone else
+    was already running.
+    """
+    install()
+    started: list[str] = []
+    for name in names:
+        server = SERVERS[name]
+        if server.ready():
+            log(f"{name} already answers on {HOST}:{server.port}")
+            continue
+        if port_open(server.port):
+            raise StackError(
+                f"port {server.port} is taken by something that is not {name}; "
+                f"free it or set DEVSTACK_{name.upper()}_PORT"
+            )
+        t0 = time.monotonic()
+        server.start()
+        started.append(name)
+        if record is not None:
+            with record.open("a") as fh:
+                fh.write(name + "\n")
+        log(f"{name} up on {HOST}:{server.port} in {time.monotonic() - t0:.1f}s")
+    return started
+
+
+def down(names: Sequence[str] | None = None, record: Path | None = None) -> None:
+    """Stop the named servers (all by default), or those listed in ``record``."""
+    if record is not None:
+        names = record.read_text().split() if record.exists() else []
+        record.unlink(missing_ok=True)
+    for name in reversed(list(names if names is not None else SERVERS)):
+        if SERVERS[name].stop():
+            log(f"{name} stopped")
+
+
+def status() -> dict[str, bool]:
+    return {name: server.ready() for name, server in SERVERS.items()}

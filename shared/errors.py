@@ -1,0 +1,78 @@
+"""The service's typed errors.
+
+Every error a caller can see is a subclass of :class:`ServiceError` carrying its
+HTTP status and a stable machine-readable ``code``.  The web tier maps them to
+problem+json in one place (``web.problems``); workers use ``retryable`` to
+choose between retrying and ending a job; the Kafka bridge uses the same
+classes to choose retry or dead-letter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ServiceError(Exception):
+    """Base of every error the service reports to a caller."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Internal error"
+    #: A transient failure: the same work may succeed if tried again later.
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        errors: list[dict[str, str]] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.detail = detail or self.title
+        self.errors = errors or []
+        self.extra = extra or {}
+        super().__init__(self.detail)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The problem details (RFC 9457) of this error, without ``type``/``instance``."""
+        body: dict[str, Any] = {
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+        }
+        if self.errors:
+            body["errors"] = self.errors
+        body.update(self.extra)
+        return body
+
+
+class BadRequest(ServiceError):
+    status, code, title = 400, "bad_request", "Bad request"
+
+
+class ValidationFailed(ServiceError):
+    status, code, title = 422, "validation_error", "Invalid input"
+
+
+class Unauthorized(ServiceError):
+    status, code, title = 401, "unauthorized", "Authentication required"
+
+
+class Forbidden(ServiceError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class CsrfRejected(Forbidden):
+    code, title = "csrf_rejected", "Cookie-authenticated write without a JSON body"
+
+
+class NotFound(ServiceError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class ServiceUnavailable(ServiceError):
+    """A dependency (database, broker, checkout service) did not answer."""
+
+    status, code, title = 503, "service_unavailable", "Service unavailable"
+    retryable = True

@@ -1,0 +1,250 @@
+"""Typed settings of every process of the payment service.
+
+Each environment variable maps to one named, typed setting.  Settings are read
+once, by an entry point calling :func:`load_settings`, never at import time,
+and validated at start: a bad or missing value stops the process with a message
+that names the variable.  Development values live in ``.env.example``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    HttpUrl,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class ConfigurationError(Exception):
+    """The environment does not describe a runnable service."""
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All configuration; field docs are the configuration reference."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    environment: Environment = Field(
+        Environment.DEVELOPMENT,
+        validation_alias="PAYMENT_ENV",
+        description="development, test or production; production refuses unsafe defaults.",
+    )
+    port: int = Field(
+        8080,
+        ge=1,
+        le=65535,
+        validation_alias="PAYMENT_SERVICE_PORT",
+        description="Port of the HTTP API.",
+    )
+    web_workers: int = Field(
+        2, ge=1, le=64, validation_alias="WEB_CONCURRENCY", description="gunicorn worker processes."
+    )
+    web_threads: int = Field(
+        4, ge=1, le=64, validation_alias="WEB_THREADS", description="Threads per gunicorn worker."
+    )
+    mongo_url: str = Field(
+        "mongodb://127.0.0.1:27017/payments",
+        validation_alias="MONGO_URL",
+        description="MongoDB connection string; its path names the database.",
+    )
+    jwt_secret: SecretStr = Field(
+        validation_alias="JWT_SEC",
+        description="HS256 secret shared with the user service (required).",
+    )
+    kafka_bootstrap: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1:9092"],
+        validation_alias="KAFKA_URI",
+        description="Kafka bootstrap servers, comma-separated host:port.",
+    )
+    broker_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("CELERY_BROKER_URL", "REDIS_URL"),
+        description="Celery broker (Redis); also used for job notifications.",
+    )
+    broker_key_prefix: str = Field(
+        "",
+        validation_alias="CELERY_KEY_PREFIX",
+        description="Prefix of every Redis key Celery uses (isolates test runs).",
+    )
+    broker_visibility_timeout: int = Field(
+        900,
+        ge=10,
+        le=86400,
+        validation_alias="CELERY_VISIBILITY_TIMEOUT",
+        description="Seconds after which Redis redelivers a task a dead worker had taken.",
+    )
+    checkout_service_url: HttpUrl = Field(
+        HttpUrl("http://127.0.0.1:8090"),
+        validation_alias="CHECKOUT_SERVICE_URL",
+        description="Base URL of the checkout service.",
+    )
+    checkout_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        validation_alias="CHECKOUT_TIMEOUT_SECONDS",
+        description="Connect and read timeout of each checkout service call.",
+    )
+    card_fingerprint_key: SecretStr = Field(
+        validation_alias="CARD_FINGERPRINT_KEY",
+        description="HMAC key of the card-number fingerprint (required, >= 32 characters).",
+    )
+    kafka_topic_prefix: str = Field(
+        "",
+        validation_alias="KAFKA_TOPIC_PREFIX",
+        description="Prefix added to every topic and consumer group name.",
+    )
+    topic_payment_accepted: str = Field(
+        "paymentService-payment-service-accept",
+        validation_alias="KAFKA_TOPIC_PAYMENT_ACCEPTED",
+        description="Topic of the payment-accepted event (the order service listens on it).",
+    )
+    topic_order_refunded: str = Field(
+        "orderService-orderRefunded",
+        validation_alias="KAFKA_TOPIC_ORDER_REFUNDED",
+        description="Topic of whole-order refunds (consumed).",
+    )
+    topic_product_refunded: str = Field(
+        "orderService-productFromOrderRefunded",
+        validation_alias="KAFKA_TOPIC_PRODUCT_REFUNDED",
+        description="Topic of product refunds (consumed).",
+    )
+    topic_refund_applied: str = Field(
+        "paymentService-refund-applied",
+        validation_alias="KAFKA_TOPIC_REFUND_APPLIED",
+        description="Topic of the refund-applied event (published).",
+    )
+    topic_dead_letter: str = Field(
+        "paymentService-refund-dead-letter",
+        validation_alias="KAFKA_TOPIC_DEAD_LETTER",
+        description="Where the bridge sets aside refund messages it cannot apply.",
+    )
+    bridge_group_id: str = Field(
+        "payment-service-refunds",
+        validation_alias="KAFKA_BRIDGE_GROUP",
+        description="Consumer group of the refund bridge instances.",
+    )
+    find_tokenless_networks: Annotated[list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode] = Field(
+        default_factory=list,
+        validation_alias="FIND_TOKENLESS_NETWORKS",
+        description="CIDRs allowed to call GET /find without a token (off when empty).",
+    )
+    flower_user: str = Field("admin", validation_alias="FLOWER_USER", description="Flower basic-auth user.")
+    flower_password: SecretStr | None = Field(
+        None,
+        validation_alias="FLOWER_PASSWORD",
+        description="Flower basic-auth password (required in production).",
+    )
+    flower_port: int = Field(5555, ge=1, le=65535, validation_alias="FLOWER_PORT", description="Flower port.")
+    flower_address: str = Field(
+        "127.0.0.1", validation_alias="FLOWER_ADDRESS", description="Address Flower listens on."
+    )
+    log_level: str = Field("INFO", validation_alias="LOG_LEVEL", description="Root log level.")
+
+    @field_validator("kafka_bootstrap", "find_tokenless_networks", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _host_ports(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one host:port is needed")
+        for server in value:
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"{server!r} is not host:port")
+        return value
+
+    @field_validator("mongo_url")
+    @classmethod
+    def _mongo_scheme(cls, value: str) -> str:
+        if not value.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("must start with mongodb:// or mongodb+srv://")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+    @model_validator(mode="after")
+    def _safe_secrets(self) -> Settings:
+        if len(self.jwt_secret.get_secret_value()) < 16:
+            raise ValueError("JWT_SEC must be at least 16 characters")
+        if len(self.card_fingerprint_key.get_secret_value()) < 32:
+            raise ValueError("CARD_FINGERPRINT_KEY must be at least 32 characters")
+        if self.environment is Environment.PRODUCTION and self.flower_password is None:
+            raise ValueError("FLOWER_PASSWORD is required in production")
+        return self
+
+    def topic(self, name: str) -> str:
+        """The real name of a configured topic, with the run's prefix."""
+        return f"{self.kafka_topic_prefix}{name}"
+
+    @property
+    def consumed_topics(self) -> list[str]:
+        return [self.topic(self.topic_order_refunded), self.topic(self.topic_product_refunded)]
+
+    @property
+    def all_topics(self) -> list[str]:
+        return [
+            self.topic(t)
+            for t in (
+                self.topic_payment_accepted,
+                self.topic_order_refunded,
+                self.topic_product_refunded,
+                self.topic_refund_applied,
+                self.topic_dead_letter,
+            )
+        ]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings, or raise ConfigurationError naming each problem."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "settings"
+            problems.append(f"  {where}: {error['msg']}")
+        raise ConfigurationError("invalid configuration:\n" + "\n".join(problems)) from None

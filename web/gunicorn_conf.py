@@ -1,0 +1,16 @@
+"""gunicorn settings of the API (``--config python:web.gunicorn_conf``)."""
+
+from shared.settings import load_settings
+
+_settings = load_settings()  # fails fast, naming the bad variable, before any worker forks
+
+bind = f"0.0.0.0:{_settings.port}"
+workers = _settings.web_workers
+threads = _settings.web_threads
+worker_class = "gthread"
+# Long enough for `Prefer: wait=30` plus a margin.
+timeout = 45
+graceful_timeout = 30
+accesslog = "-"
+# Each worker builds its own app (and database connection) after the fork.
+preload_app = False

@@ -1,0 +1,1 @@
+"""Celery workers, their tasks, and the Kafka refund bridge."""

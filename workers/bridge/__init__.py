@@ -1,0 +1,155 @@
+"""The Kafka refund bridge: refund events from the order service become Celery tasks.
+
+Delivery contract: at least once.  A record's offset is committed only after
+its task is in the broker (or, for a message that can never be applied, after
+the dead-letter topic acknowledged it).  The tasks are idempotent per event id
+(topic, partition, offset), so a redelivered record changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import OffsetAndMetadata
+
+from shared.kafka import producer as make_producer
+from shared.logs import log_context
+from shared.settings import Settings
+from workers.bridge.messages import BadMessage, OrderRefunded, ProductRefunded, decode
+
+log = logging.getLogger(__name__)
+
+#: Public task names the bridge sends (the refund tasks register them).
+REFUND_ORDER_TASK = "refunds.refund_order"
+REFUND_PRODUCT_TASK = "refunds.refund_product"
+
+
+def event_id(record: ConsumerRecord) -> str:
+    return f"{record.topic}:{record.partition}:{record.offset}"
+
+
+class RefundBridge:
+    """Consume the refund topics and hand each event to a Celery refund task."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        celery: Celery,
+        consumer: KafkaConsumer | None = None,
+        dead_letters: KafkaProducer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.celery = celery
+        self.consumer = consumer or KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=settings.topic(settings.bridge_group_id),
+            enable_auto_commit=False,
+            # The old service read its topics from the beginning; so do we
+            # for a new group (replays are harmless: tasks dedupe by event id).
+            auto_offset_reset="earliest",
+            max_poll_records=100,
+        )
+        self.dead_letters = dead_letters or make_producer(settings)
+        self.stopping = threading.Event()
+        self._handlers: dict[str, Callable[[ConsumerRecord], None]] = {
+            settings.topic(settings.topic_order_refunded): self._order_refunded,
+            settings.topic(settings.topic_product_refunded): self._product_refunded,
+        }
+
+    # -- one record --------------------------------------------------------
+
+    def _order_refunded(self, record: ConsumerRecord) -> None:
+        message: OrderRefunded = decode(record.value, OrderRefunded)
+        self._send(
+            REFUND_ORDER_TASK,
+            record,
+            {
+                "payment_id": message.paymentId,
+                "total_price": None if message.totalPrice is None else str(message.totalPrice),
+            },
+        )
+
+    def _product_refunded(self, record: ConsumerRecord) -> None:
+        message: ProductRefunded = decode(record.value, ProductRefunded)
+        self._send(
+            REFUND_PRODUCT_TASK,
+            record,
+            {
+                "payment_id": message.paymentId,
+                "product_id": message.productId,
+                "price": str(message.price),
+            },
+        )
+
+    def _send(self, task: str, record: ConsumerRecord, kwargs: dict[str, Any]) -> None:
+        eid = event_id(record)
+        self.celery.send_task(task, kwargs={"event_id": eid, **kwargs})
+        log.info("refund event handed over", extra={"fields": {"event_id": eid, "task": task}})
+
+    def dead_letter(self, record: ConsumerRecord, problem: BadMessage) -> None:
+        headers = [
+            ("reason", problem.reason.encode()),
+            ("detail", problem.detail[:1000].encode()),
+            ("source-topic", record.topic.encode()),
+            ("source-partition", str(record.partition).encode()),
+            ("source-offset", str(record.offset).encode()),
+        ]
+        future = self.dead_letters.send(
+            self.settings.topic(self.settings.topic_dead_letter), value=record.value, headers=headers
+        )
+        future.get(timeout=30)  # acknowledged before the offset moves on
+        log.warning(
+            "refund event dead-lettered",
+            extra={"fields": {"event_id": event_id(record), "reason": problem.reason}},
+        )
+
+    def handle(self, record: ConsumerRecord) -> None:
+        """Hand one record over, retrying transient failures until it is safe or we stop."""
+        delay = 0.5
+        while True:
+            try:
+                with log_context(event_id=event_id(record)):
+                    try:
+                        self._handlers[record.topic](record)
+                    except BadMessage as problem:
+                        self.dead_letter(record, problem)
+                return
+            except Exception:
+                if self.stopping.is_set():
+                    raise
+                log.exception("could not hand over refund event; retrying in %.1fs", delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30)
+
+    # -- the loop ----------------------------------------------------------
+
+    def run(self) -> None:
+        self.consumer.subscribe(list(self._handlers))
+        log.info("bridge consuming", extra={"fields": {"topics": list(self._handlers)}})
+        try:
+            while not self.stopping.is_set():
+                self._process(self.consumer.poll(timeout_ms=500))
+        finally:
+            self.consumer.close(autocommit=False)
+            self.dead_letters.close(timeout=10)
+
+    def _process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Hand over a polled batch; commit, per partition, what was handed over."""
+        handed: dict[TopicPartition, OffsetAndMetadata] = {}
+        try:
+            for tp, records in batch.items():
+                for record in records:
+                    if self.stopping.is_set():
+                        return
+                    self.handle(record)
+                    handed[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+        finally:
+            if handed:
+                self.consumer.commit(handed)

@@ -1,0 +1,31 @@
+"""Entry point of the refund bridge: ``python -m workers.bridge``."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from shared.logs import configure_logging
+from shared.settings import ConfigurationError, load_settings
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    from workers.app import create_celery
+    from workers.bridge import RefundBridge
+
+    bridge = RefundBridge(settings, create_celery(settings))
+    # SIGTERM/SIGINT: finish the record in hand, commit it, leave the group.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: bridge.stopping.set())
+    bridge.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

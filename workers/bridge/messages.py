@@ -1,0 +1,61 @@
+"""The refund events of the order service, as they arrive on Kafka.
+
+The order service (kafkajs) sends a JSON object value with no key and no
+headers.  Parsing is strict about what we use and ignores what we do not;
+amounts are parsed as Decimal straight from the JSON text, never via float.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+ObjectIdStr = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{24}$")]
+Money = Annotated[Decimal, Field(gt=0, max_digits=14, decimal_places=2, allow_inf_nan=False)]
+
+
+class BadMessage(ValueError):
+    """A message that can never be applied; it goes to the dead-letter topic."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class OrderRefunded(BaseModel):
+    """``orderService-orderRefunded``: a whole order is refunded."""
+
+    model_config = ConfigDict(extra="ignore", strict=False)
+    paymentId: ObjectIdStr
+    totalPrice: Money | None = None
+    refunded: bool = True
+
+
+class ProductRefunded(BaseModel):
+    """``orderService-productFromOrderRefunded``: units of one product are refunded."""
+
+    model_config = ConfigDict(extra="ignore", strict=False)
+    paymentId: ObjectIdStr
+    productId: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    price: Money
+
+
+def decode(value: bytes | None, model: type[BaseModel]) -> Any:
+    """Parse a message value into ``model`` or raise BadMessage with the reason."""
+    if value is None:
+        raise BadMessage("empty_message", "the message has no value")
+    try:
+        data = json.loads(value, parse_float=Decimal)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadMessage("not_json", str(exc)) from None
+    if not isinstance(data, dict):
+        raise BadMessage("not_an_object", f"the value is a JSON {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise BadMessage("invalid_fields", fields) from None

@@ -1,0 +1,36 @@
+"""Create the service's Kafka topics: ``python -m workers.topics``.
+
+Brokers run with topic auto-creation off, so a deployment creates its topics
+explicitly (docker-compose runs this once before the other services).
+Replication and partitions are arguments, for clusters larger than one node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from shared.kafka import ensure_topics
+from shared.logs import configure_logging
+from shared.settings import ConfigurationError, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers.topics", description=__doc__)
+    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--replication", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    created = ensure_topics(settings, args.partitions, args.replication)
+    for topic in settings.all_topics:
+        print(f"{topic}: {'created' if topic in created else 'exists'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

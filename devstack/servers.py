@@ -206,26 +206,20 @@ def _redis_ready() -> bool:
         return False
 
 
-def _redis_command() -> list[str]:
-    data = STACK_DIR / "redis"
+def redis_command(port: int = REDIS_PORT, data: Path | None = None) -> list[str]:
+    """The Redis server of the stack (tests start private ones the same way)."""
+    data = data or STACK_DIR / "redis"
     data.mkdir(parents=True, exist_ok=True)
     return [
         "redis-server",
-        "--bind",
-        HOST,
-        "--port",
-        str(REDIS_PORT),
-        "--dir",
-        str(data),
+        "--bind", HOST,
+        "--port", str(port),
+        "--dir", str(data),
         # Append-only file, fsync every second: a Redis restart keeps the queue.
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "everysec",
-        "--save",
-        "",
-        "--daemonize",
-        "no",
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--save", "",
+        "--daemonize", "no",
     ]
 
 
@@ -346,7 +340,7 @@ def _kafka_ready() -> bool:
 
 
 SERVERS: dict[str, Server] = {
-    "redis": Server("redis", REDIS_PORT, _redis_command, _redis_ready, start_timeout=30),
+    "redis": Server("redis", REDIS_PORT, redis_command, _redis_ready, start_timeout=30),
     "mongo": Server("mongo", MONGO_PORT, _mongo_command, _mongo_ready, start_timeout=60),
     "kafka": Server(
         "kafka", KAFKA_PORT, _kafka_command, _kafka_ready, prepare=_kafka_prepare, start_timeout=120

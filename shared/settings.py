@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     )
     jwt_secret: SecretStr = Field(
         validation_alias="JWT_SEC",
-        description="HS256 secret shared with the user service (required).",
+        description="HS256 secret shared with the user service (required, >= 32 bytes).",
     )
     kafka_bootstrap: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["127.0.0.1:9092"],
@@ -208,8 +208,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _safe_secrets(self) -> Settings:
-        if len(self.jwt_secret.get_secret_value()) < 16:
-            raise ValueError("JWT_SEC must be at least 16 characters")
+        # RFC 7518 3.2: an HS256 key has at least 256 bits.
+        if len(self.jwt_secret.get_secret_value().encode()) < 32:
+            raise ValueError("JWT_SEC must be at least 32 bytes (RFC 7518 3.2)")
         if len(self.card_fingerprint_key.get_secret_value()) < 32:
             raise ValueError("CARD_FINGERPRINT_KEY must be at least 32 characters")
         if self.environment is Environment.PRODUCTION and self.flower_password is None:

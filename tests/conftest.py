@@ -27,7 +27,7 @@ from shared.settings import Settings
 from tests.support import ServedApp, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_QUEUES = "payments,cards,refunds,maintenance"
+TEST_QUEUES = "payments,cards,maintenance"
 
 
 def _run_id() -> str:
@@ -41,7 +41,7 @@ RUN_ID = _run_id()
 TEST_ENV = {
     "PAYMENT_ENV": "test",
     "MONGO_URL": f"mongodb://127.0.0.1:{servers.MONGO_PORT}/{RUN_ID}",
-    "JWT_SEC": "test-jwt-secret-0123456789",
+    "JWT_SEC": "test-jwt-secret-0123456789abcdefghijkl",
     "CARD_FINGERPRINT_KEY": "test-card-fingerprint-key-0123456789abcdef",
     "KAFKA_URI": f"127.0.0.1:{servers.KAFKA_PORT}",
     "CELERY_BROKER_URL": f"redis://127.0.0.1:{servers.REDIS_PORT}/0",

@@ -8,7 +8,7 @@ import pytest
 
 from shared.settings import ConfigurationError, Environment, Settings, load_settings
 
-SECRETS = {"JWT_SEC": "a-long-enough-jwt-secret", "CARD_FINGERPRINT_KEY": "k" * 32}
+SECRETS = {"JWT_SEC": "a-long-enough-jwt-secret-0123456789", "CARD_FINGERPRINT_KEY": "k" * 32}
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +54,7 @@ def test_seed_variables_are_read_from_the_environment(monkeypatch: pytest.Monkey
         ("MONGO_URL", "postgres://x", "mongodb://"),
         ("KAFKA_URI", "no-port", "not host:port"),
         ("CELERY_BROKER_URL", "amqp://x", "redis://"),
-        ("JWT_SEC", "short", "at least 16"),
+        ("JWT_SEC", "short", "at least 32 bytes"),
         ("CARD_FINGERPRINT_KEY", "short", "at least 32"),
         ("FIND_TOKENLESS_NETWORKS", "not-a-network", "FIND_TOKENLESS_NETWORKS"),
         ("LOG_LEVEL", "LOUD", "LOG_LEVEL"),

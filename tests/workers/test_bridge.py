@@ -1,0 +1,119 @@
+"""The refund bridge process against the real Kafka broker and Redis.
+
+These tests check the bridge's own contract (hand-over, dead-lettering, offset
+commits, graceful stop); what the refund tasks do with an event is tested with
+the tasks.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+import redis
+from bson import ObjectId
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+
+from shared.settings import Settings
+from tests.conftest import ROOT, RUN_ID
+from tests.support import wait_until
+
+BRIDGE_PREFIX = f"{RUN_ID}bridge:"
+
+
+@pytest.fixture
+def bridge(settings: Settings, topics: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, "CELERY_KEY_PREFIX": BRIDGE_PREFIX}
+    proc = subprocess.Popen([sys.executable, "-m", "workers.bridge"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def queued_tasks(settings: Settings) -> list[tuple[str, dict[str, object]]]:
+    """(task name, kwargs) of each message waiting in the refunds queue."""
+    with redis.Redis.from_url(settings.broker_url) as client:
+        raw = client.lrange(f"{BRIDGE_PREFIX}refunds", 0, -1)
+    tasks = []
+    for item in reversed(raw):  # kombu LPUSHes: oldest last
+        message = json.loads(item)
+        _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        tasks.append((message["headers"]["task"], kwargs))
+    return tasks
+
+
+def committed_offsets(settings: Settings) -> dict[TopicPartition, int]:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        group = settings.topic(settings.bridge_group_id)
+        offsets = admin.list_group_offsets(group)[group]
+    finally:
+        admin.close()
+    return {tp: meta.offset for tp, meta in offsets.items()}
+
+
+def test_bridge_hands_events_to_tasks_dead_letters_the_rest_and_commits(
+    settings: Settings, bridge: subprocess.Popen[bytes]
+) -> None:
+    payment_id = str(ObjectId())
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    order_topic = settings.topic(settings.topic_order_refunded)
+    product_topic = settings.topic(settings.topic_product_refunded)
+    sent = [
+        producer.send(order_topic, json.dumps(
+            {"refunded": True, "totalPrice": 59.97, "paymentId": payment_id}).encode()).get(10),
+        producer.send(product_topic, json.dumps(
+            {"productId": "p-1", "price": 39.98, "cardNumber": 4242, "paymentId": payment_id}
+        ).encode()).get(10),
+        producer.send(order_topic, b"{not json").get(10),
+        producer.send(product_topic, json.dumps({"productId": "p-1", "price": -1,
+                                                 "paymentId": "nope"}).encode()).get(10),
+    ]
+    producer.close()
+
+    tasks = wait_until(lambda: len(queued_tasks(settings)) == 2 and queued_tasks(settings),
+                       timeout=60, message="two refund tasks queued")
+    by_name = dict(tasks)
+    assert by_name["refunds.refund_order"] == {
+        "event_id": f"{order_topic}:{sent[0].partition}:{sent[0].offset}",
+        "payment_id": payment_id, "total_price": "59.97",
+    }
+    assert by_name["refunds.refund_product"] == {
+        "event_id": f"{product_topic}:{sent[1].partition}:{sent[1].offset}",
+        "payment_id": payment_id, "product_id": "p-1", "price": "39.98",
+    }
+
+    consumer = KafkaConsumer(settings.topic(settings.topic_dead_letter),
+                             bootstrap_servers=settings.kafka_bootstrap,
+                             auto_offset_reset="earliest", consumer_timeout_ms=20000)
+    dead = []
+    for record in consumer:
+        dead.append({"value": record.value, **{k: v.decode() for k, v in record.headers}})
+        if len(dead) == 2:
+            break
+    consumer.close()
+    reasons = {d["value"]: d for d in dead}
+    not_json = reasons[b"{not json"]
+    assert not_json["reason"] == "not_json"
+    assert (not_json["source-topic"], not_json["source-offset"]) == (order_topic, str(sent[2].offset))
+    invalid = next(d for d in dead if d["value"] != b"{not json")
+    assert invalid["reason"] == "invalid_fields"
+    assert "paymentId" in invalid["detail"]
+    assert "price" in invalid["detail"]
+
+    # Every record is committed once it was handed over or set aside...
+    wanted = {TopicPartition(m.topic, m.partition): m.offset + 1 for m in sent}
+    wait_until(lambda: all(committed_offsets(settings).get(tp, -1) >= off for tp, off in wanted.items()),
+               timeout=30, message="offsets committed")
+    # ...and SIGTERM stops the bridge cleanly.
+    bridge.send_signal(signal.SIGTERM)
+    assert bridge.wait(timeout=30) == 0
+    assert len(queued_tasks(settings)) == 2

@@ -212,14 +212,21 @@ def redis_command(port: int = REDIS_PORT, data: Path | None = None) -> list[str]
     data.mkdir(parents=True, exist_ok=True)
     return [
         "redis-server",
-        "--bind", HOST,
-        "--port", str(port),
-        "--dir", str(data),
+        "--bind",
+        HOST,
+        "--port",
+        str(port),
+        "--dir",
+        str(data),
         # Append-only file, fsync every second: a Redis restart keeps the queue.
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
-        "--save", "",
-        "--daemonize", "no",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--daemonize",
+        "no",
     ]
 
 

@@ -18,7 +18,12 @@ def test_the_token_command_signs_user_service_shaped_claims() -> None:
     user = str(ObjectId())
     out = subprocess.run(
         [sys.executable, "-m", "devstack", "token", "--user", user, "--type", "admin", "--type", "member"],
-        cwd=ROOT, env=os.environ, capture_output=True, text=True, check=True, timeout=60,
+        cwd=ROOT,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout.strip()
     claims = jwt.decode(out, TEST_ENV["JWT_SEC"], algorithms=["HS256"])
     assert claims["userId"] == user
@@ -30,8 +35,11 @@ def test_the_token_command_signs_user_service_shaped_claims() -> None:
 def test_the_checkout_standin_serves_seeded_checkouts_and_404s_the_rest(
     checkout_service: ServedApp,
 ) -> None:
-    seeded = requests.post(f"{checkout_service.url}/_standin/checkouts", json={
-        "userId": str(ObjectId()), "totalPrice": 59.97, "products": []}, timeout=5).json()
+    seeded = requests.post(
+        f"{checkout_service.url}/_standin/checkouts",
+        json={"userId": str(ObjectId()), "totalPrice": 59.97, "products": []},
+        timeout=5,
+    ).json()
     got = requests.get(f"{checkout_service.url}/api/checkouts/getCheckout/{seeded['_id']}", timeout=5)
     assert got.status_code == 200
     assert got.json()["isActive"] is True

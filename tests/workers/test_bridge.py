@@ -30,8 +30,13 @@ BRIDGE_PREFIX = f"{RUN_ID}bridge:"
 @pytest.fixture
 def bridge(settings: Settings, topics: list[str]) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, "CELERY_KEY_PREFIX": BRIDGE_PREFIX}
-    proc = subprocess.Popen([sys.executable, "-m", "workers.bridge"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers.bridge"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     yield proc
     if proc.poll() is None:
         proc.kill()
@@ -68,32 +73,46 @@ def test_bridge_hands_events_to_tasks_dead_letters_the_rest_and_commits(
     order_topic = settings.topic(settings.topic_order_refunded)
     product_topic = settings.topic(settings.topic_product_refunded)
     sent = [
-        producer.send(order_topic, json.dumps(
-            {"refunded": True, "totalPrice": 59.97, "paymentId": payment_id}).encode()).get(10),
-        producer.send(product_topic, json.dumps(
-            {"productId": "p-1", "price": 39.98, "cardNumber": 4242, "paymentId": payment_id}
-        ).encode()).get(10),
+        producer.send(
+            order_topic, json.dumps({"refunded": True, "totalPrice": 59.97, "paymentId": payment_id}).encode()
+        ).get(10),
+        producer.send(
+            product_topic,
+            json.dumps(
+                {"productId": "p-1", "price": 39.98, "cardNumber": 4242, "paymentId": payment_id}
+            ).encode(),
+        ).get(10),
         producer.send(order_topic, b"{not json").get(10),
-        producer.send(product_topic, json.dumps({"productId": "p-1", "price": -1,
-                                                 "paymentId": "nope"}).encode()).get(10),
+        producer.send(
+            product_topic, json.dumps({"productId": "p-1", "price": -1, "paymentId": "nope"}).encode()
+        ).get(10),
     ]
     producer.close()
 
-    tasks = wait_until(lambda: len(queued_tasks(settings)) == 2 and queued_tasks(settings),
-                       timeout=60, message="two refund tasks queued")
+    tasks = wait_until(
+        lambda: len(queued_tasks(settings)) == 2 and queued_tasks(settings),
+        timeout=60,
+        message="two refund tasks queued",
+    )
     by_name = dict(tasks)
     assert by_name["refunds.refund_order"] == {
         "event_id": f"{order_topic}:{sent[0].partition}:{sent[0].offset}",
-        "payment_id": payment_id, "total_price": "59.97",
+        "payment_id": payment_id,
+        "total_price": "59.97",
     }
     assert by_name["refunds.refund_product"] == {
         "event_id": f"{product_topic}:{sent[1].partition}:{sent[1].offset}",
-        "payment_id": payment_id, "product_id": "p-1", "price": "39.98",
+        "payment_id": payment_id,
+        "product_id": "p-1",
+        "price": "39.98",
     }
 
-    consumer = KafkaConsumer(settings.topic(settings.topic_dead_letter),
-                             bootstrap_servers=settings.kafka_bootstrap,
-                             auto_offset_reset="earliest", consumer_timeout_ms=20000)
+    consumer = KafkaConsumer(
+        settings.topic(settings.topic_dead_letter),
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=20000,
+    )
     dead = []
     for record in consumer:
         dead.append({"value": record.value, **{k: v.decode() for k, v in record.headers}})
@@ -111,8 +130,11 @@ def test_bridge_hands_events_to_tasks_dead_letters_the_rest_and_commits(
 
     # Every record is committed once it was handed over or set aside...
     wanted = {TopicPartition(m.topic, m.partition): m.offset + 1 for m in sent}
-    wait_until(lambda: all(committed_offsets(settings).get(tp, -1) >= off for tp, off in wanted.items()),
-               timeout=30, message="offsets committed")
+    wait_until(
+        lambda: all(committed_offsets(settings).get(tp, -1) >= off for tp, off in wanted.items()),
+        timeout=30,
+        message="offsets committed",
+    )
     # ...and SIGTERM stops the bridge cleanly.
     bridge.send_signal(signal.SIGTERM)
     assert bridge.wait(timeout=30) == 0

@@ -17,8 +17,13 @@ from tests.support import free_port, wait_until
 def test_flower_lists_the_live_workers_to_an_authenticated_operator(celery_worker) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     env = {**os.environ, "FLOWER_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "workers.flower"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers.flower"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/api/workers?refresh=1"
     auth = ("admin", TEST_ENV["FLOWER_PASSWORD"])
     try:
@@ -30,8 +35,12 @@ def test_flower_lists_the_live_workers_to_an_authenticated_operator(celery_worke
                 return None
             return response.json() if response.ok else None
 
-        listed = wait_until(lambda: [n for n in workers() or {} if RUN_ID in n], timeout=60,
-                            interval=0.5, message="Flower lists this run's worker")
+        listed = wait_until(
+            lambda: [n for n in workers() or {} if RUN_ID in n],
+            timeout=60,
+            interval=0.5,
+            message="Flower lists this run's worker",
+        )
         assert listed[0].startswith("w1-")
         assert requests.get(url, timeout=10).status_code == 401
         assert requests.get(url, auth=("admin", "wrong"), timeout=10).status_code == 401
@@ -42,7 +51,13 @@ def test_flower_lists_the_live_workers_to_an_authenticated_operator(celery_worke
 
 def test_flower_refuses_to_start_without_a_password() -> None:
     env = {k: v for k, v in os.environ.items() if k != "FLOWER_PASSWORD"}
-    result = subprocess.run([sys.executable, "-m", "workers.flower"], cwd="/", env={
-        **env, "PYTHONPATH": str(ROOT)}, capture_output=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "workers.flower"],
+        cwd="/",
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 2
     assert b"FLOWER_PASSWORD is not set" in result.stderr

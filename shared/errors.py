@@ -76,3 +76,46 @@ class ServiceUnavailable(ServiceError):
 
     status, code, title = 503, "service_unavailable", "Service unavailable"
     retryable = True
+
+
+# -- domain errors (api.md's codes) -------------------------------------------
+
+
+class CardNotFound(NotFound):
+    code, title = "card_not_found", "Card not found"
+
+
+class PaymentNotFound(NotFound):
+    code, title = "payment_not_found", "Payment not found"
+
+
+class JobNotFound(NotFound):
+    code, title = "job_not_found", "Job not found"
+
+
+class CheckoutNotFound(NotFound):
+    code, title = "checkout_not_found", "Checkout not found"
+
+
+class DuplicateCard(ServiceError):
+    status, code, title = 409, "duplicate_card", "This card number is already registered"
+
+
+class AlreadyPaid(ServiceError):
+    status, code, title = 409, "already_paid", "This checkout is already paid"
+
+
+class InsufficientFunds(ServiceError):
+    status, code, title = 402, "insufficient_funds", "The card does not hold enough money"
+
+
+class CardExpired(ServiceError):
+    status, code, title = 422, "card_expired", "The card has expired"
+
+
+class IdempotencyKeyReused(ServiceError):
+    status, code, title = 422, "idempotency_key_reused", "Idempotency-Key was used for another request"
+
+
+class CheckoutUnavailable(ServiceUnavailable):
+    code, title = "checkout_unavailable", "The checkout service did not answer"

@@ -167,8 +167,13 @@ class Settings(BaseSettings):
         "127.0.0.1", validation_alias="FLOWER_ADDRESS", description="Address Flower listens on."
     )
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL", description="Root log level.")
+    failpoints: Annotated[frozenset[str], NoDecode] = Field(
+        default_factory=frozenset,
+        validation_alias="PAYMENT_FAILPOINTS",
+        description="Test only: named points where a worker kills itself on a job's first attempt.",
+    )
 
-    @field_validator("kafka_bootstrap", "find_tokenless_networks", mode="before")
+    @field_validator("kafka_bootstrap", "find_tokenless_networks", "failpoints", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -213,6 +218,8 @@ class Settings(BaseSettings):
             raise ValueError("JWT_SEC must be at least 32 bytes (RFC 7518 3.2)")
         if len(self.card_fingerprint_key.get_secret_value()) < 32:
             raise ValueError("CARD_FINGERPRINT_KEY must be at least 32 characters")
+        if self.failpoints and self.environment is not Environment.TEST:
+            raise ValueError("PAYMENT_FAILPOINTS is only allowed with PAYMENT_ENV=test")
         if self.environment is Environment.PRODUCTION and self.flower_password is None:
             raise ValueError("FLOWER_PASSWORD is required in production")
         return self

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import mongoengine
 import pytest
 import redis
 from pymongo import MongoClient
@@ -66,6 +67,7 @@ def stack() -> Iterator[None]:
     if down:
         pytest.exit(f"servers not running: {down}; run `make test` or `make stack-up`", returncode=3)
     yield
+    mongoengine.disconnect_all()
     with MongoClient(TEST_ENV["MONGO_URL"]) as mongo:
         mongo.drop_database(RUN_ID)
     with redis.Redis.from_url(TEST_ENV["CELERY_BROKER_URL"]) as client:

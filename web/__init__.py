@@ -2,27 +2,55 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
+
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from shared import db
 from shared.logs import configure_logging
 from shared.settings import Settings, load_settings
-from web import health
+from web import api, health
+from web.auth import init_auth
 from web.problems import register_error_handlers
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+class MoneyJSONProvider(DefaultJSONProvider):
+    """Decimal amounts go out as JSON numbers (Flask would write strings).
+
+    Amounts have at most 14 significant digits (<= 999999999999.99), so the
+    shortest float repr is exactly their decimal text: 0.30 is written 0.3.
+    """
+
+    sort_keys = False
+
+    @staticmethod
+    def default(o: Any) -> Any:
+        if isinstance(o, Decimal):
+            return float(o)
+        return DefaultJSONProvider.default(o)
+
+
+def create_app(settings: Settings | None = None, celery: Any = None) -> Flask:
     """Build the API from the settings (read from the environment if not given)."""
     settings = settings or load_settings()
     configure_logging(settings.log_level)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)
+    app.json = MoneyJSONProvider(app)
     app.config.update(
         SETTINGS=settings,
         # Bodies larger than this are refused with 413 before they are parsed.
         MAX_CONTENT_LENGTH=64 * 1024,
-        JSON_SORT_KEYS=False,
     )
+    if celery is None:
+        from workers.app import create_celery
+
+        celery = create_celery(settings)
+    app.extensions["celery"] = celery
     db.connect(settings)
     register_error_handlers(app)
+    init_auth(app, settings)
     app.register_blueprint(health.bp)
+    app.register_blueprint(api.bp)
     return app

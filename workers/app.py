@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
+from celery.utils.time import get_exponential_backoff_interval
+from pymongo.errors import ConnectionFailure
 
 from shared import db
+from shared.errors import ServiceError, ServiceUnavailable
 from shared.logs import configure_logging, log_context
+from shared.models import Job
+from shared.services import jobs
 from shared.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
 #: Modules whose tasks every worker registers.
-TASK_MODULES = ["workers.tasks.system"]
+TASK_MODULES = ["workers.tasks.system", "workers.tasks.cards", "workers.tasks.payments"]
 
 
 class PaymentCelery(Celery):
@@ -38,11 +44,36 @@ class PaymentTask(Task):
     retry_jitter = True
     max_retries = 8
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    @property
+    def settings(self) -> Settings:
         app: PaymentCelery = self.app
-        db.connect(app.settings)
+        return app.settings
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        db.connect(self.settings)
         with log_context(task_id=self.request.id, task=self.name):
             return super().__call__(*args, **kwargs)
+
+    def run_job(self, job_id: str, work: Callable[[Job], dict[str, Any]]) -> None:
+        """Run a job's work; retry transient failures with backoff and jitter.
+
+        When the retries run out, the job ends failed with the last transient
+        error (503), so a client never polls a job that will not move again.
+        """
+        with log_context(job_id=job_id):
+            try:
+                jobs.run(job_id, work)
+            except (ServiceError, ConnectionFailure) as exc:
+                error = exc if isinstance(exc, ServiceError) else ServiceUnavailable(str(exc))
+                if self.request.retries >= self.max_retries:
+                    log.warning("job %s: retries exhausted: %s", job_id, error.detail)
+                    jobs.fail(job_id, error)
+                    return
+                countdown = get_exponential_backoff_interval(
+                    factor=1, retries=self.request.retries, maximum=self.retry_backoff_max, full_jitter=True
+                )
+                log.info("job %s: %s; retry in %ss", job_id, error.code, countdown)
+                raise self.retry(exc=exc, countdown=countdown) from None
 
 
 def create_celery(settings: Settings | None = None) -> PaymentCelery:

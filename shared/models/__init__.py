@@ -1,0 +1,18 @@
+"""MongoEngine documents of the service."""
+
+from shared.models.card import Card
+from shared.models.idempotency import IdempotencyRecord
+from shared.models.job import Job, JobStatus
+from shared.models.ledger import LedgerEntry
+from shared.models.payment import Payment, PaymentProduct, PaymentState
+
+__all__ = [
+    "Card",
+    "IdempotencyRecord",
+    "Job",
+    "JobStatus",
+    "LedgerEntry",
+    "Payment",
+    "PaymentProduct",
+    "PaymentState",
+]

@@ -1,0 +1,19 @@
+"""What every document shares: timestamps kept by the database layer."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from mongoengine import DateTimeField, Document
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class TimestampedDocument(Document):
+    meta: ClassVar[dict[str, Any]] = {"abstract": True}
+
+    createdAt = DateTimeField(default=utcnow, required=True)
+    updatedAt = DateTimeField(default=utcnow, required=True)

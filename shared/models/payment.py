@@ -1,0 +1,79 @@
+"""A payment: the charge of one checkout to one card, and its refunds."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from mongoengine import (
+    BooleanField,
+    DateTimeField,
+    Decimal128Field,
+    EmbeddedDocument,
+    EmbeddedDocumentListField,
+    IntField,
+    StringField,
+)
+
+from shared.models.base import TimestampedDocument
+
+
+class PaymentState(StrEnum):
+    """The charge's state machine; a retried charge resumes from the stored state.
+
+    pending: the checkout is claimed by one job (unique checkoutId); the card
+        may or may not have been debited yet (the card's ``debits`` says).
+    charged: the debit is applied and recorded; the payment is visible.
+    failed: the charge ended without a debit (e.g. insufficient funds); a new
+        job may claim the checkout again.
+    """
+
+    PENDING = "pending"
+    CHARGED = "charged"
+    FAILED = "failed"
+
+
+class PaymentProduct(EmbeddedDocument):
+    productId = StringField(required=True)
+    quantity = IntField(default=1, min_value=1)
+    price = Decimal128Field(required=True, precision=2)  # unit price
+    isRefunded = BooleanField(default=False, required=True)
+    refundedQuantity = IntField(default=0, min_value=0, required=True)
+    sellerId = StringField()
+
+
+class Payment(TimestampedDocument):
+    meta: ClassVar[dict[str, Any]] = {
+        "collection": "payments",
+        "indexes": [
+            {"fields": ["checkoutId"], "unique": True},
+            {"fields": ["userId"]},
+            {"fields": ["state", "acceptedEventPublished"]},
+        ],
+    }
+
+    # The seed's fields (wire names kept).
+    userId = StringField(required=True)
+    checkoutId = StringField(required=True)
+    basketId = StringField()
+    creditCardId = StringField(required=True)
+    shipmentId = StringField()
+    products = EmbeddedDocumentListField(PaymentProduct)
+    address = StringField()
+    isGift = BooleanField(default=False)
+    status = StringField(default="Pending")
+    totalPrice = Decimal128Field(required=True, precision=2)
+    refunded = BooleanField(default=False, required=True)
+    cardHolderName = StringField(required=True)
+    cardNumber = StringField(required=True)  # masked: ************4242
+    expireDate = StringField(required=True)
+    paymentStatus = BooleanField(default=False)
+
+    # Ours.
+    refundedAmount = Decimal128Field(default=0, precision=2)
+    state = StringField(required=True, choices=[s.value for s in PaymentState], default=PaymentState.PENDING)
+    jobId = StringField(required=True)
+    deletedAt = DateTimeField()
+    #: Outbox of the payment-accepted event: set once Kafka acknowledged it.
+    acceptedEventPublished = BooleanField(default=False)
+    acceptedEventPublishedAt = DateTimeField()

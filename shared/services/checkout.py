@@ -1,0 +1,64 @@
+"""Client of the checkout service (another team's; contracts.md)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Annotated
+
+import requests
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import CheckoutNotFound, CheckoutUnavailable, ServiceError
+from shared.settings import Settings
+
+Amount = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2, allow_inf_nan=False)]
+
+
+class CheckoutInvalid(ServiceError):
+    status, code, title = 502, "checkout_invalid", "The checkout service answered an unusable checkout"
+
+
+class CheckoutProduct(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    productId: str
+    quantity: int = Field(1, ge=1)
+    price: Amount
+    sellerId: str | None = None
+
+
+class Checkout(BaseModel):
+    """The fields of a checkout the payment needs; the rest is ignored."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    id: str = Field(alias="_id")
+    userId: str
+    basketId: str | None = None
+    shipmentId: str | None = None
+    address: str | None = None
+    isGift: bool = False
+    status: str = "Pending"
+    isActive: bool
+    totalPrice: Amount
+    products: list[CheckoutProduct] = Field(default_factory=list)
+
+
+def fetch_checkout(settings: Settings, checkout_id: str) -> Checkout:
+    """GET the checkout; 404 is final, connection errors and 5xx are retryable."""
+    url = f"{str(settings.checkout_service_url).rstrip('/')}/api/checkouts/getCheckout/{checkout_id}"
+    try:
+        response = requests.get(url, timeout=settings.checkout_timeout_seconds)
+    except requests.RequestException as exc:
+        raise CheckoutUnavailable(f"The checkout service did not answer: {type(exc).__name__}") from exc
+    if response.status_code == 404:
+        raise CheckoutNotFound(f"No checkout {checkout_id}.")
+    if response.status_code >= 500 or response.status_code == 429:
+        raise CheckoutUnavailable(f"The checkout service answered {response.status_code}.")
+    if response.status_code != 200:
+        raise CheckoutInvalid(f"The checkout service answered {response.status_code}.")
+    try:
+        # Amounts straight from the JSON text into Decimal, never via float.
+        data = json.loads(response.content, parse_float=Decimal)
+        return Checkout.model_validate(data)
+    except (ValueError, ValidationError) as exc:
+        raise CheckoutInvalid("The checkout service answered a checkout we cannot read.") from exc

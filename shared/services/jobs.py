@@ -1,0 +1,185 @@
+"""Jobs: every write is recorded before its task is sent, and moved on by the worker.
+
+A job carries ids and non-sensitive values only (``params``); its task gets
+the job id alone, so no card data travels through the broker or shows in
+Flower.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from bson import ObjectId
+from mongoengine.errors import NotUniqueError
+
+from shared.errors import IdempotencyKeyReused, JobNotFound, ServiceError, ServiceUnavailable
+from shared.models import IdempotencyRecord, Job, JobStatus
+from shared.models.base import utcnow
+from shared.principal import Principal
+from shared.services.views import to_bson
+
+log = logging.getLogger(__name__)
+
+#: Job type -> the public name of the Celery task that runs it.
+TASKS = {
+    "card.add": "cards.add",
+    "card.delete": "cards.delete",
+    "payment.pay": "payments.charge",
+    "payment.delete": "payments.delete",
+}
+
+
+class TaskSender(Protocol):
+    def send_task(self, name: str, args: Any = ..., **options: Any) -> Any: ...
+
+
+def request_hash(key: bytes, payload: dict[str, Any]) -> str:
+    """A keyed digest of a request, to compare Idempotency-Key replays.
+
+    Keyed (HMAC) because the payload may hold low-entropy card fields: a plain
+    hash stored next to the card's fingerprint could be brute-forced.
+    """
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
+
+
+def submit(
+    sender: TaskSender,
+    *,
+    job_type: str,
+    owner: str,
+    params: dict[str, Any],
+    resource_id: str | None,
+    req_hash: str,
+    idempotency_key: str | None,
+    precheck: Callable[[], None] | None = None,
+) -> tuple[Job, bool]:
+    """Record a job and queue its task; return the job and whether it is new.
+
+    With an Idempotency-Key, the same key and request from the same user give
+    the same job, even when sent concurrently (the key's record has a unique
+    ``_id``); the same key with another request is refused.  ``precheck``
+    runs only for a new job (a replay answers with the job it already made).
+    """
+    job = Job(
+        id=ObjectId(),
+        type=job_type,
+        ownerId=owner,
+        params=params,
+        resourceId=resource_id,
+        requestHash=req_hash,
+    )
+    record: IdempotencyRecord | None = None
+    if idempotency_key is not None:
+        record_id = hashlib.sha256(f"{owner}\x00{idempotency_key}".encode()).hexdigest()
+        existing = IdempotencyRecord.objects(id=record_id).first()
+        if existing is not None:
+            return _replay(existing, req_hash), False
+        if precheck is not None:
+            precheck()
+        # The job first, then the key: whoever loses the race on the key
+        # finds the winner's job already stored.
+        job.save(force_insert=True)
+        record = IdempotencyRecord(id=record_id, requestHash=req_hash, jobId=str(job.id))
+        try:
+            record.save(force_insert=True)
+        except NotUniqueError:
+            job.delete()
+            return _replay(IdempotencyRecord.objects.get(id=record_id), req_hash), False
+    else:
+        if precheck is not None:
+            precheck()
+        job.save(force_insert=True)
+    try:
+        sender.send_task(TASKS[job_type], args=[str(job.id)])
+    except Exception as exc:
+        # Not queued, so not accepted: undo, and let the client try again.
+        log.exception("could not queue job %s", job.id)
+        job.delete()
+        if record is not None:
+            record.delete()
+        raise ServiceUnavailable("The job could not be queued; nothing was accepted.") from exc
+    return job, True
+
+
+def _replay(record: IdempotencyRecord, req_hash: str) -> Job:
+    if not hmac.compare_digest(record.requestHash, req_hash):
+        raise IdempotencyKeyReused("This Idempotency-Key was sent before with a different request.")
+    job = Job.objects(id=record.jobId).first()
+    if job is None:  # the first request failed to queue it and undid it
+        raise ServiceUnavailable("The first request with this Idempotency-Key was not accepted; retry.")
+    return job
+
+
+def get_job(principal: Principal, job_id: str) -> Job:
+    """A job its owner (or an admin) may read; anyone else's is not found."""
+    job = Job.objects(id=job_id).first()
+    if job is None or not (principal.is_admin or principal.owns(job.ownerId)):
+        raise JobNotFound(f"No job {job_id}.")
+    return job
+
+
+def wait_for_end(job: Job, seconds: float, poll: float = 0.1) -> Job:
+    """Re-read the job until it ends or ``seconds`` pass (a bounded poll)."""
+    deadline = time.monotonic() + seconds
+    while not job.ended and time.monotonic() < deadline:
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        job.reload()
+    return job
+
+
+# -- the worker's side ------------------------------------------------------
+
+
+def start(job_id: str) -> Job | None:
+    """Mark the job running and count the attempt; None if it already ended."""
+    updated = Job.objects(id=job_id, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).update_one(
+        set__status=JobStatus.RUNNING, inc__attempts=1, set__updatedAt=utcnow()
+    )
+    return Job.objects(id=job_id).first() if updated else None
+
+
+def succeed(job_id: str, result: dict[str, Any]) -> None:
+    updates: dict[str, Any] = {}
+    if "id" in result:  # the resource the job made (a payment's id is known only now)
+        updates["set__resourceId"] = result["id"]
+    Job.objects(id=job_id, status=JobStatus.RUNNING).update_one(
+        set__status=JobStatus.SUCCEEDED,
+        set__result=to_bson(result),
+        set__error=None,
+        set__updatedAt=utcnow(),
+        **updates,
+    )
+
+
+def fail(job_id: str, error: ServiceError) -> None:
+    Job.objects(id=job_id, status=JobStatus.RUNNING).update_one(
+        set__status=JobStatus.FAILED, set__error=error.to_dict(), set__updatedAt=utcnow()
+    )
+
+
+def run(job_id: str, work: Callable[[Job], dict[str, Any]]) -> None:
+    """Run a job's work once; typed errors that are final end the job.
+
+    Retryable errors propagate, so that the task retries; the caller ends the
+    job with :func:`fail` when its retries run out.
+    """
+    job = start(job_id)
+    if job is None:
+        log.info("job %s already ended; redelivered message ignored", job_id)
+        return
+    try:
+        result = work(job)
+    except ServiceError as error:
+        if error.retryable:
+            raise
+        fail(job_id, error)
+        log.info("job %s failed: %s", job_id, error.code)
+        return
+    succeed(job_id, result)

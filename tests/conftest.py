@@ -106,41 +106,49 @@ def topics(settings: Settings) -> Iterator[list[str]]:
 
 
 @pytest.fixture(scope="session")
-def celery_app(settings: Settings):  # type: ignore[no-untyped-def]
+def celery_app(settings: Settings):
     from workers.app import create_celery
 
     return create_celery(settings)
 
 
-def start_worker(name: str, concurrency: int = 2, queues: str = TEST_QUEUES) -> subprocess.Popen[bytes]:
-    """A real Celery worker process on this run's broker prefix and database."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
-            "worker",
-            "--loglevel",
-            "INFO",
-            "--concurrency",
-            str(concurrency),
-            "-O",
-            "fair",
-            "-Q",
-            queues,
-            "-n",
-            f"{name}-{RUN_ID}@%h",
-            "--without-heartbeat",
-            "--without-mingle",
-        ],
-        cwd=ROOT,
-        env={**os.environ},
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def start_worker(
+    name: str, concurrency: int = 2, queues: str = TEST_QUEUES, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A real Celery worker process on this run's broker prefix and database.
+
+    Its output goes to .stack/logs/test-worker-<name>-<run>.log, for a failing test's post-mortem.
+    """
+    logs = servers.STACK_DIR / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / f"test-worker-{name}-{RUN_ID}.log").open("ab") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                str(concurrency),
+                "-O",
+                "fair",
+                "-Q",
+                queues,
+                "-n",
+                f"{name}-{RUN_ID}@%h",
+                "--without-heartbeat",
+                "--without-mingle",
+            ],
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def stop_worker(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
@@ -154,7 +162,7 @@ def stop_worker(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> Non
 
 
 @pytest.fixture(scope="session")
-def celery_worker(celery_app, checkout_service: ServedApp) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
+def celery_worker(celery_app, checkout_service: ServedApp) -> Iterator[subprocess.Popen[bytes]]:
     proc = start_worker("w1")
     try:
         wait_until(lambda: _pings(celery_app), timeout=60, message="worker answers system.ping")
@@ -163,7 +171,7 @@ def celery_worker(celery_app, checkout_service: ServedApp) -> Iterator[subproces
         stop_worker(proc)
 
 
-def _pings(celery_app) -> bool:  # type: ignore[no-untyped-def]
+def _pings(celery_app) -> bool:
     try:
         return bool(celery_app.send_task("system.ping").get(timeout=2)["pong"])
     except Exception:  # noqa: BLE001 - not up yet

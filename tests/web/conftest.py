@@ -77,7 +77,7 @@ class Client:
 
 
 @pytest.fixture(scope="session")
-def api(settings: Settings, celery_app, celery_worker, topics) -> Iterator[ServedApp]:  # type: ignore[no-untyped-def]
+def api(settings: Settings, celery_app, celery_worker, topics) -> Iterator[ServedApp]:
     served = ServedApp(create_app(settings, celery_app))
     yield served
     served.close()
@@ -127,3 +127,20 @@ def seed_checkout(checkout_service: ServedApp) -> Callable[..., dict[str, Any]]:
         return seeded
 
     return seed
+
+
+@pytest.fixture(scope="session")
+def second_worker(celery_app, celery_worker) -> Iterator[None]:
+    """A second worker node, so that races run across separate worker processes."""
+    from tests.conftest import start_worker, stop_worker
+
+    proc = start_worker("w2", concurrency=2)
+
+    def nodes() -> set[str]:
+        return {name for reply in celery_app.control.ping(timeout=1) for name in reply}
+
+    try:
+        wait_until(lambda: any(n.startswith("w2-") for n in nodes()), timeout=60, message="w2 answers")
+        yield
+    finally:
+        stop_worker(proc)

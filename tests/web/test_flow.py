@@ -7,7 +7,7 @@ from decimal import Decimal
 from tests.web.conftest import Client
 
 
-def test_a_user_adds_a_card_pays_a_checkout_and_reads_the_payment(client: Client, seed_checkout) -> None:  # type: ignore[no-untyped-def]
+def test_a_user_adds_a_card_pays_a_checkout_and_reads_the_payment(client: Client, seed_checkout) -> None:
     card = client.add_card(money=100)
     assert card["money"] == 100
     checkout = seed_checkout(client.user_id, total="59.97")

@@ -14,7 +14,7 @@ from tests.support import free_port, wait_until
 
 
 @pytest.mark.slow
-def test_flower_lists_the_live_workers_to_an_authenticated_operator(celery_worker) -> None:  # type: ignore[no-untyped-def]
+def test_flower_lists_the_live_workers_to_an_authenticated_operator(celery_worker) -> None:
     port = free_port()
     env = {**os.environ, "FLOWER_PORT": str(port)}
     proc = subprocess.Popen(

@@ -8,7 +8,7 @@ from tests.conftest import start_worker, stop_worker
 from tests.support import wait_until
 
 
-def test_a_worker_process_runs_a_task_sent_by_name(celery_app, celery_worker) -> None:  # type: ignore[no-untyped-def]
+def test_a_worker_process_runs_a_task_sent_by_name(celery_app, celery_worker) -> None:
     import os
 
     result = celery_app.send_task("system.ping").get(timeout=20)
@@ -17,7 +17,7 @@ def test_a_worker_process_runs_a_task_sent_by_name(celery_app, celery_worker) ->
 
 
 @pytest.mark.slow
-def test_tasks_spread_over_worker_nodes_started_separately(celery_app, celery_worker) -> None:  # type: ignore[no-untyped-def]
+def test_tasks_spread_over_worker_nodes_started_separately(celery_app, celery_worker) -> None:
     second = start_worker("w2", concurrency=1)
     try:
 

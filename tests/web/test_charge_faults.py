@@ -1,0 +1,153 @@
+"""The charge survives crashes and outages: killed workers, a checkout service that is down.
+
+Each test gets its own broker key prefix, API and worker, so that the worker
+with failpoints is the only one that can take its tasks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import requests
+
+from devstack.checkout_standin import create_standin
+from shared.models import Card, Job, LedgerEntry, Payment
+from tests.conftest import RUN_ID, make_settings, start_worker, stop_worker
+from tests.support import ServedApp, free_port, wait_until
+from tests.web.conftest import Client
+from web import create_app
+from workers.app import create_celery
+
+_worlds = itertools.count()
+
+
+class World:
+    """An API and a worker of their own, on a private broker prefix."""
+
+    def __init__(self, failpoints: str = "", checkout_url: str | None = None) -> None:
+        self.prefix = f"{RUN_ID}fault{next(_worlds)}:"
+        env = {"CELERY_KEY_PREFIX": self.prefix, "PAYMENT_FAILPOINTS": failpoints}
+        if checkout_url:
+            env["CHECKOUT_SERVICE_URL"] = checkout_url
+        self.env = env
+        self.settings = make_settings(**{k: v for k, v in env.items() if k != "PAYMENT_FAILPOINTS"})
+        self.celery = create_celery(self.settings)
+        self.api = ServedApp(create_app(self.settings, self.celery))
+        self.worker = self.start_worker()
+
+    def start_worker(self, name: str = "fault") -> Any:
+        node = f"{name}{self.prefix[-3:-1]}"
+        proc = start_worker(node, concurrency=1, queues="payments,cards", env=self.env)
+        wait_until(lambda: self.celery.control.ping(timeout=1), timeout=60, message="fault worker answers")
+        return proc
+
+    def close(self) -> None:
+        stop_worker(self.worker, signal.SIGKILL)
+        self.api.close()
+
+
+@pytest.fixture
+def world_factory(checkout_service: ServedApp) -> Iterator[Callable[..., World]]:
+    worlds: list[World] = []
+
+    def make(**kwargs: Any) -> World:
+        world = World(**kwargs)
+        worlds.append(world)
+        return world
+
+    yield make
+    for world in worlds:
+        world.close()
+
+
+def assert_paid_once(card_id: str, payment_id: str, start: Decimal, total: Decimal) -> None:
+    card = Card.objects.get(id=card_id)
+    assert card.money == start - total
+    assert card.debits == [payment_id]
+    assert LedgerEntry.objects(cardId=card_id).count() == 1
+    assert Payment.objects(id=payment_id).count() == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["charge.after_claim", "charge.after_debit", "charge.after_charged"])
+def test_a_worker_process_killed_mid_charge_is_redelivered_and_debits_once(
+    point: str, world_factory, seed_checkout
+) -> None:
+    world = world_factory(failpoints=point)
+    client = Client(world.api.url)
+    card = client.add_card(money=100)
+    checkout = seed_checkout(client.user_id, total="59.97")
+    job = client.wait(client.pay(checkout["_id"], card["id"]), timeout=90)
+    assert job["status"] == "succeeded", job
+    # The first attempt died at the failpoint; the redelivered one finished.
+    assert job["attempts"] == 2
+    assert_paid_once(card["id"], job["result"]["id"], Decimal("100.00"), Decimal("59.97"))
+
+
+@pytest.mark.slow
+def test_a_whole_worker_node_killed_mid_charge_is_redelivered_to_another_node(
+    world_factory, seed_checkout
+) -> None:
+    world = world_factory(failpoints="stall:charge.after_debit")
+    client = Client(world.api.url)
+    card = client.add_card(money=100)
+    checkout = seed_checkout(client.user_id, total="59.97")
+    response = client.pay(checkout["_id"], card["id"])
+    job_id = response.json()["id"]
+    # Wait until the debit is applied and the task stalls right after it...
+    wait_until(lambda: Card.objects.get(id=card["id"]).debits, timeout=60, message="debit applied")
+    # ...then kill the node, main process and pool together, as a lost machine.
+    stop_worker(world.worker, signal.SIGKILL)
+    assert Job.objects.get(id=job_id).status == "running"
+    world.worker = world.start_worker("fault-b")
+    # Redis hands the unacknowledged task out again after the visibility timeout (20 s in tests).
+    job = client.wait(response, timeout=120)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 2
+    assert_paid_once(card["id"], job["result"]["id"], Decimal("100.00"), Decimal("59.97"))
+
+
+@pytest.mark.slow
+def test_a_checkout_service_that_is_down_then_back_delays_the_charge_but_does_not_fail_it(
+    world_factory, seed_checkout
+) -> None:
+    port = free_port()
+    world = world_factory(checkout_url=f"http://127.0.0.1:{port}")
+    client = Client(world.api.url)
+    card = client.add_card(money=100)
+    checkout = seed_checkout(client.user_id, total="10.00")  # in the session's stand-in
+    response = client.pay(checkout["_id"], card["id"])
+    job_id = response.json()["id"]
+    wait_until(lambda: Job.objects.get(id=job_id).attempts >= 2, timeout=30, message="a retry")
+    assert Job.objects.get(id=job_id).status in ("queued", "running")
+    # The checkout service comes back, on the port the worker knows, with the checkout.
+    standin = create_standin()
+    standin.config["STORE"].put(checkout)
+    back = ServedApp(standin, port=port)
+    try:
+        job = client.wait(response, timeout=90)
+    finally:
+        back.close()
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] >= 3
+    assert_paid_once(card["id"], job["result"]["id"], Decimal("100.00"), Decimal("10.00"))
+
+
+@pytest.mark.slow
+def test_checkout_service_errors_5xx_are_retried_and_404_is_final(
+    client: Client, checkout_service: ServedApp, seed_checkout
+) -> None:
+    card = client.add_card(money=100)
+    checkout = seed_checkout(client.user_id, total="10.00")
+    requests.put(f"{checkout_service.url}/_standin/fault", json={"status": 503, "count": 2}, timeout=5)
+    t0 = time.monotonic()
+    job = client.wait(client.pay(checkout["_id"], card["id"]), timeout=60)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 3
+    assert time.monotonic() - t0 < 30

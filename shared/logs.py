@@ -32,6 +32,15 @@ def log_context(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
+def bind(**fields: Any) -> contextvars.Token[dict[str, Any] | None]:
+    """Add fields to the context until :func:`unbind` (for request hooks)."""
+    return _context.set({**(_context.get() or {}), **fields})
+
+
+def unbind(token: contextvars.Token[dict[str, Any] | None]) -> None:
+    _context.reset(token)
+
+
 def _scrub(text: str) -> str:
     return _PAN_LIKE.sub("[redacted-digits]", text)
 

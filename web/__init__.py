@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import time
+import uuid
 from decimal import Decimal
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response, g, request
 from flask.json.provider import DefaultJSONProvider
 
 from shared import db
-from shared.logs import configure_logging
+from shared.logs import bind, configure_logging, unbind
 from shared.settings import Settings, load_settings
-from web import api, health
+from web import api, health, openapi
 from web.auth import init_auth
 from web.problems import register_error_handlers
 
@@ -30,6 +33,39 @@ class MoneyJSONProvider(DefaultJSONProvider):
         if isinstance(o, Decimal):
             return float(o)
         return DefaultJSONProvider.default(o)
+
+
+def _log_requests(app: Flask) -> None:
+    """Every log line of a request names it; one summary line per request."""
+    log = logging.getLogger("web.request")
+
+    @app.before_request
+    def _bind() -> None:
+        request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+        g.log_token = bind(request_id=request_id)
+        g.started = time.monotonic()
+
+    @app.after_request
+    def _summary(response: Response) -> Response:
+        log.info(
+            "%s %s %s",
+            request.method,
+            request.path,
+            response.status_code,
+            extra={
+                "fields": {
+                    "status": response.status_code,
+                    "ms": round((time.monotonic() - g.started) * 1000, 1),
+                }
+            },
+        )
+        return response
+
+    @app.teardown_request
+    def _unbind(_exc: BaseException | None) -> None:
+        token = g.pop("log_token", None)
+        if token is not None:
+            unbind(token)
 
 
 def create_app(settings: Settings | None = None, celery: Any = None) -> Flask:
@@ -51,6 +87,8 @@ def create_app(settings: Settings | None = None, celery: Any = None) -> Flask:
     db.connect(settings)
     register_error_handlers(app)
     init_auth(app, settings)
+    _log_requests(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(openapi.bp)
     return app

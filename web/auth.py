@@ -18,6 +18,7 @@ from flask_jwt_extended.exceptions import JWTExtendedException
 from jwt.exceptions import PyJWTError
 
 from shared.errors import CsrfRejected, Unauthorized
+from shared.logs import bind
 from shared.principal import Principal
 from shared.settings import Settings
 from web.problems import problem_response
@@ -62,7 +63,10 @@ def _principal_from_claims(claims: dict[str, Any]) -> Principal:
         raise Unauthorized("The token has no valid userId.")
     if not isinstance(user_types, list) or not all(isinstance(t, str) for t in user_types):
         raise Unauthorized("The token's userType is not a list of strings.")
-    return Principal(user_id=user_id.lower(), user_types=frozenset(user_types))
+    principal = Principal(user_id=user_id.lower(), user_types=frozenset(user_types))
+    # Undone with the whole request's context in web's teardown hook.
+    bind(user_id=principal.user_id)
+    return principal
 
 
 def authenticate() -> Principal:

@@ -19,6 +19,7 @@ from bson import ObjectId
 from mongoengine.errors import NotUniqueError
 
 from shared.errors import IdempotencyKeyReused, JobNotFound, ServiceError, ServiceUnavailable
+from shared.logs import log_context
 from shared.models import IdempotencyRecord, Job, JobStatus
 from shared.models.base import utcnow
 from shared.principal import Principal
@@ -174,12 +175,14 @@ def run(job_id: str, work: Callable[[Job], dict[str, Any]]) -> None:
     if job is None:
         log.info("job %s already ended; redelivered message ignored", job_id)
         return
-    try:
-        result = work(job)
-    except ServiceError as error:
-        if error.retryable:
-            raise
-        fail(job_id, error)
-        log.info("job %s failed: %s", job_id, error.code)
-        return
-    succeed(job_id, result)
+    with log_context(user_id=job.ownerId, job_type=job.type, attempt=job.attempts):
+        try:
+            result = work(job)
+        except ServiceError as error:
+            if error.retryable:
+                raise
+            fail(job_id, error)
+            log.info("job failed: %s", error.code)
+            return
+        succeed(job_id, result)
+        log.info("job succeeded")

@@ -45,7 +45,7 @@ test-fast: ## the tests not marked slow, against running servers
 lint: $(STAMP) ## ruff and mypy
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy web workers shared devstack celeryconfig.py
+	$(PY) -m mypy web workers shared devstack bench celeryconfig.py
 
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(PY) -m ruff check --fix .
@@ -53,6 +53,10 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 
 token: $(STAMP) ## print a signed development token (ARGS="--type admin")
 	@$(PY) -m devstack token $(ARGS)
+
+bench: install ## charge latency (POST to ended job) against a ping baseline, on the local servers
+	$(PY) -m devstack up
+	$(PY) -m bench.charge_latency
 
 clean: stack-down ## stop the servers and delete their data
 	rm -rf .stack

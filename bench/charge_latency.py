@@ -25,7 +25,6 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import requests
 from bson import ObjectId
@@ -60,7 +59,7 @@ def free_port() -> int:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -91,17 +90,36 @@ class Stack:
         self.procs = [
             subprocess.Popen(
                 [str(bin_dir / "gunicorn"), "--config", "python:web.gunicorn_conf", "web.wsgi:app"],
-                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
         ]
         for node in ("b1", "b2"):
             self.procs.append(
                 subprocess.Popen(
-                    [str(bin_dir / "celery"), "-A", "workers.celery_app", "worker", "--concurrency", "1",
-                     "-O", "fair", "-Q", "payments,cards,maintenance", "-n", f"{node}-{RUN}@%h",
-                     "--loglevel", "WARNING"],
-                    cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    [
+                        str(bin_dir / "celery"),
+                        "-A",
+                        "workers.celery_app",
+                        "worker",
+                        "--concurrency",
+                        "1",
+                        "-O",
+                        "fair",
+                        "-Q",
+                        "payments,cards,maintenance",
+                        "-n",
+                        f"{node}-{RUN}@%h",
+                        "--loglevel",
+                        "WARNING",
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                     start_new_session=True,
                 )
             )
@@ -154,8 +172,9 @@ def one_charge(stack: Stack, session: requests.Session, token: str, card_id: str
     checkout = stack.store.put({"userId": user, "totalPrice": 1.25, "isActive": True, "products": []})
     headers = {"Authorization": f"Bearer {token}"}
     t0 = time.perf_counter()
-    response = session.post(f"{stack.url}/pay/{checkout['_id']}", params={"cardId": card_id},
-                            headers=headers, timeout=30)
+    response = session.post(
+        f"{stack.url}/pay/{checkout['_id']}", params={"cardId": card_id}, headers=headers, timeout=30
+    )
     job_url = f"http://127.0.0.1:{stack.port}{response.headers['Location']}"
     while True:
         job = session.get(job_url, headers=headers, timeout=30).json()
@@ -174,10 +193,19 @@ def charges(stack: Stack, count: int, concurrency: int) -> tuple[list[float], fl
         user = str(ObjectId())
         token = make_token(user, ["default"], 60, secret=ENV["JWT_SEC"])
         session = requests.Session()
-        body = {"cardHolderName": "Bench", "cardNumber": _pan(), "expireDate": "12/39", "cvv": "123",
-                "money": 100000}
-        job = session.post(f"{stack.url}/add", json=body, headers={
-            "Authorization": f"Bearer {token}", "Prefer": "wait=30"}, timeout=40).json()
+        body = {
+            "cardHolderName": "Bench",
+            "cardNumber": _pan(),
+            "expireDate": "12/39",
+            "cvv": "123",
+            "money": 100000,
+        }
+        job = session.post(
+            f"{stack.url}/add",
+            json=body,
+            headers={"Authorization": f"Bearer {token}", "Prefer": "wait=30"},
+            timeout=40,
+        ).json()
         users.append((session, token, job["result"]["id"], user))
     per_user = [count // concurrency] * concurrency
     t0 = time.perf_counter()
@@ -199,7 +227,9 @@ def _pan() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--charges", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
@@ -215,8 +245,11 @@ def main() -> int:
     report = {
         "baseline_system_ping": summary(baseline),
         "charge_sequential": summary(sequential),
-        "charge_concurrent": {**summary(concurrent), "concurrency": args.concurrency,
-                              "charges_per_s": round(len(concurrent) / wall, 1)},
+        "charge_concurrent": {
+            **summary(concurrent),
+            "concurrency": args.concurrency,
+            "charges_per_s": round(len(concurrent) / wall, 1),
+        },
     }
     report["ratio_median_charge_to_ping"] = round(
         report["charge_sequential"]["median_ms"] / report["baseline_system_ping"]["median_ms"], 2

@@ -25,6 +25,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import requests
 from bson import ObjectId
@@ -151,6 +152,7 @@ class Stack:
         import redis
         from pymongo import MongoClient
 
+        mongo: MongoClient[dict[str, Any]]
         with MongoClient(ENV["MONGO_URL"]) as mongo:
             mongo.drop_database(RUN)
         with redis.Redis.from_url(ENV["CELERY_BROKER_URL"]) as client:

@@ -72,9 +72,11 @@ def _submit(
     precheck: Any = None,
 ) -> tuple[Response, int, dict[str, str]]:
     assert principal.user_id is not None  # writes always come with a token
+    # The request as the client sent it: path (with its ids), query, and the
+    # validated parameters; not ids we generate, which differ on every call.
     req_hash = jobs.request_hash(
         _settings().card_fingerprint_key.get_secret_value().encode(),
-        {"type": job_type, "resource": resource_id, **params, **(hash_extra or {})},
+        {"type": job_type, "path": request.path, **params, **(hash_extra or {})},
     )
     job, _created = jobs.submit(
         current_app.extensions["celery"],

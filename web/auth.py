@@ -48,6 +48,8 @@ def init_auth(app: Flask, settings: Settings) -> None:
     jwt.unauthorized_loader(lambda _reason: _unauthorized("A token is required."))
     jwt.invalid_token_loader(lambda _reason: _unauthorized("The token is not valid."))
     jwt.expired_token_loader(lambda _header, _payload: _unauthorized("The token has expired."))
+    # The user service's tokens always expire (one hour); one without exp is not theirs.
+    jwt.token_verification_loader(lambda _header, payload: "exp" in payload)
     jwt.token_verification_failed_loader(lambda _header, _payload: _unauthorized("The token is not valid."))
 
     @app.errorhandler(JWTExtendedException)

@@ -61,6 +61,7 @@ def add_card(job: Job) -> dict[str, Any]:
         if existing is not None:  # this job stored it before a crash or redelivery
             return card_view(existing)
         raise DuplicateCard("A card with this number is already registered.") from None
+    card.reload()  # as stored (MongoDB keeps milliseconds), so the result equals what reads show
     return card_view(card)
 
 

@@ -83,7 +83,15 @@ def submit(
         if existing is not None:
             return _replay(existing, req_hash), False
         if precheck is not None:
-            precheck()
+            try:
+                precheck()
+            except ServiceError:
+                # A concurrent request with this key may have made the very
+                # thing the precheck now finds; then the answer is its job.
+                existing = IdempotencyRecord.objects(id=record_id).first()
+                if existing is not None:
+                    return _replay(existing, req_hash), False
+                raise
         # The job first, then the key: whoever loses the race on the key
         # finds the winner's job already stored.
         job.save(force_insert=True)

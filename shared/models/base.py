@@ -9,7 +9,9 @@ from mongoengine import DateTimeField, Document
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """Now, at the millisecond precision MongoDB stores, so a fresh document reads as stored."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 class TimestampedDocument(Document):

@@ -52,6 +52,11 @@ broker_connection_retry_on_startup = True
 worker_send_task_events = True
 task_send_sent_event = True
 
+# Celery beat: the outbox of payment-accepted events is swept every few seconds.
+beat_schedule = {
+    "publish-accepted-events": {"task": "outbox.publish_accepted", "schedule": 5.0},
+}
+
 worker_hijack_root_logger = False
 enable_utc = True
 timezone = "UTC"

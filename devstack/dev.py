@@ -26,7 +26,7 @@ PY = sys.executable
 BIN = Path(PY).parent
 
 #: Queues the development workers consume.
-WORKER_QUEUES = "payments,cards,maintenance"
+WORKER_QUEUES = "payments,cards,refunds,maintenance"
 
 
 def _processes() -> dict[str, list[str]]:
@@ -56,6 +56,14 @@ def _processes() -> dict[str, list[str]]:
         "api": [str(BIN / "gunicorn"), "--config", "python:web.gunicorn_conf", "web.wsgi:app"],
         "worker1": [*worker, "-n", "worker1@%h"],
         "worker2": [*worker, "-n", "worker2@%h"],
+        "beat": [
+            *celery,
+            "beat",
+            "--loglevel",
+            "INFO",
+            "--schedule",
+            str(servers.STACK_DIR / "celerybeat-schedule"),
+        ],
         "bridge": [PY, "-m", "workers.bridge"],
         "flower": [PY, "-m", "workers.flower"],
     }

@@ -126,7 +126,7 @@ class Server:
     port: int
     command: Callable[[], list[str]]
     ready: Callable[[], bool]
-    prepare: Callable[[], None] = lambda: None
+    prepare: Callable[[], object] = lambda: None
     start_timeout: float = 90.0
     env: dict[str, str] = field(default_factory=dict)
 
@@ -268,52 +268,52 @@ def _mongo_command() -> list[str]:
     ]
 
 
-def _kafka_dir() -> Path:
-    return STACK_DIR / "kafka"
+def kafka_prepare(
+    root: Path | None = None, port: int = KAFKA_PORT, controller_port: int = KAFKA_CONTROLLER_PORT
+) -> Path:
+    """Write a broker's configuration under ``root`` and format its log dir once (KRaft).
 
-
-def _kafka_properties() -> Path:
-    return _kafka_dir() / "server.properties"
-
-
-def _kafka_prepare() -> None:
-    """Write the broker's configuration and format its log dir once (KRaft)."""
-    data = _kafka_dir() / "data"
+    Returns the properties file.  The stack's broker lives in .stack/kafka;
+    tests start private brokers (to stop and restart them) the same way.
+    """
+    root = root or STACK_DIR / "kafka"
+    data = root / "data"
     template = (DEVSTACK / "kafka" / "server.properties").read_text()
     config = (
         template.replace("@HOST@", HOST)
-        .replace("@PORT@", str(KAFKA_PORT))
-        .replace("@CONTROLLER_PORT@", str(KAFKA_CONTROLLER_PORT))
+        .replace("@PORT@", str(port))
+        .replace("@CONTROLLER_PORT@", str(controller_port))
         .replace("@DATA_DIR@", str(data))
     )
-    _kafka_dir().mkdir(parents=True, exist_ok=True)
-    _kafka_properties().write_text(config)
-    if (data / "meta.properties").exists():
-        return
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    log(f"formatting Kafka log dir {data} (cluster {cluster_id})")
-    subprocess.run(
-        [
-            _java(),
-            "-Xmx256m",
-            "-cp",
-            f"{java_lib_dir()}/*",
-            *_kafka_jvm_flags(),
-            "kafka.tools.StorageTool",
-            "format",
-            "--ignore-formatted",
-            "-t",
-            cluster_id,
-            "-c",
-            str(_kafka_properties()),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    root.mkdir(parents=True, exist_ok=True)
+    properties = root / "server.properties"
+    properties.write_text(config)
+    if not (data / "meta.properties").exists():
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        log(f"formatting Kafka log dir {data} (cluster {cluster_id})")
+        subprocess.run(
+            [
+                _java(),
+                "-Xmx256m",
+                "-cp",
+                f"{java_lib_dir()}/*",
+                *_kafka_jvm_flags(root),
+                "kafka.tools.StorageTool",
+                "format",
+                "--ignore-formatted",
+                "-t",
+                cluster_id,
+                "-c",
+                str(properties),
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return properties
 
 
-def _kafka_jvm_flags() -> list[str]:
-    logs = STACK_DIR / "logs"
+def _kafka_jvm_flags(root: Path) -> list[str]:
+    logs = root / "logs" if root != STACK_DIR / "kafka" else STACK_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     return [
         f"-Dlog4j2.configurationFile={DEVSTACK / 'kafka' / 'log4j2.properties'}",
@@ -321,28 +321,29 @@ def _kafka_jvm_flags() -> list[str]:
     ]
 
 
-def _kafka_command() -> list[str]:
+def kafka_command(root: Path | None = None, heap: str = "768m") -> list[str]:
+    root = root or STACK_DIR / "kafka"
     return [
         _java(),
         "-Xms256m",
-        "-Xmx768m",
+        f"-Xmx{heap}",
         "-XX:+UseG1GC",
         "-cp",
         f"{java_lib_dir()}/*",
-        *_kafka_jvm_flags(),
+        *_kafka_jvm_flags(root),
         "kafka.Kafka",
-        str(_kafka_properties()),
+        str(root / "server.properties"),
     ]
 
 
-def _kafka_ready() -> bool:
+def kafka_ready(port: int = KAFKA_PORT) -> bool:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    if not port_open(KAFKA_PORT):
+    if not port_open(port):
         return False
     try:
-        admin = KafkaAdminClient(bootstrap_servers=f"{HOST}:{KAFKA_PORT}", request_timeout_ms=3000)
+        admin = KafkaAdminClient(bootstrap_servers=f"{HOST}:{port}", request_timeout_ms=3000)
     except (KafkaError, OSError, ValueError):
         return False
     try:
@@ -358,7 +359,7 @@ SERVERS: dict[str, Server] = {
     "redis": Server("redis", REDIS_PORT, redis_command, _redis_ready, start_timeout=30),
     "mongo": Server("mongo", MONGO_PORT, _mongo_command, _mongo_ready, start_timeout=60),
     "kafka": Server(
-        "kafka", KAFKA_PORT, _kafka_command, _kafka_ready, prepare=_kafka_prepare, start_timeout=120
+        "kafka", KAFKA_PORT, kafka_command, kafka_ready, prepare=kafka_prepare, start_timeout=120
     ),
 }
 

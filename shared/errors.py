@@ -119,3 +119,40 @@ class IdempotencyKeyReused(ServiceError):
 
 class CheckoutUnavailable(ServiceUnavailable):
     code, title = "checkout_unavailable", "The checkout service did not answer"
+
+
+# -- refund events that can never be applied (dead-lettered by the workers) ---------
+
+
+class RefundRejected(ServiceError):
+    """A refund event that can never be applied; it changes nothing and is set aside."""
+
+    status, code, title = 422, "refund_rejected", "The refund cannot be applied"
+
+
+class RefundPaymentNotFound(RefundRejected):
+    code, title = "unknown_payment", "No charged payment with this id"
+
+
+class ProductNotInPayment(RefundRejected):
+    code, title = "product_not_in_payment", "The payment has no such product"
+
+
+class NotWholeUnits(RefundRejected):
+    code, title = "not_whole_units", "The amount is not a whole number of the product's units"
+
+
+class OverRefund(RefundRejected):
+    code, title = "over_refund", "The refund exceeds what was paid and not yet refunded"
+
+
+class NothingToRefund(RefundRejected):
+    code, title = "nothing_to_refund", "Everything paid was already refunded"
+
+
+class RefundCardDeleted(RefundRejected):
+    code, title = "card_deleted", "The payment's card was deleted"
+
+
+class EventNotPublished(ServiceUnavailable):
+    code, title = "event_not_published", "Kafka did not acknowledge the event"

@@ -28,7 +28,7 @@ from shared.settings import Settings
 from tests.support import ServedApp, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_QUEUES = "payments,cards,maintenance"
+TEST_QUEUES = "payments,cards,refunds,maintenance"
 
 
 def _run_id() -> str:

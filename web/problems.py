@@ -6,9 +6,10 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, json, request
+from pymongo.errors import ConnectionFailure
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import ServiceError
+from shared.errors import ServiceError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,11 @@ def register_error_handlers(app: Flask) -> None:
             },
             headers,
         )
+
+    @app.errorhandler(ConnectionFailure)
+    def _database_away(_error: ConnectionFailure) -> Response:
+        log.warning("MongoDB did not answer: %s", _error)
+        return problem_response(ServiceUnavailable("The database did not answer; try again.").to_dict())
 
     @app.errorhandler(Exception)
     def _unexpected(_error: Exception) -> Response:

@@ -10,8 +10,8 @@ from celery import Celery, Task
 from celery.utils.time import get_exponential_backoff_interval
 from pymongo.errors import ConnectionFailure
 
-from shared import db
-from shared.errors import ServiceError, ServiceUnavailable
+from shared import db, events
+from shared.errors import RefundRejected, ServiceError, ServiceUnavailable
 from shared.logs import configure_logging, log_context
 from shared.models import Job
 from shared.services import jobs
@@ -20,7 +20,13 @@ from shared.settings import Settings, load_settings
 log = logging.getLogger(__name__)
 
 #: Modules whose tasks every worker registers.
-TASK_MODULES = ["workers.tasks.system", "workers.tasks.cards", "workers.tasks.payments"]
+TASK_MODULES = [
+    "workers.tasks.system",
+    "workers.tasks.cards",
+    "workers.tasks.payments",
+    "workers.tasks.refunds",
+    "workers.tasks.outbox",
+]
 
 
 class PaymentCelery(Celery):
@@ -57,23 +63,63 @@ class PaymentTask(Task):
     def run_job(self, job_id: str, work: Callable[[Job], dict[str, Any]]) -> None:
         """Run a job's work; retry transient failures with backoff and jitter.
 
-        When the retries run out, the job ends failed with the last transient
-        error (503), so a client never polls a job that will not move again.
+        Unexpected exceptions are retried too (the work is idempotent, and a
+        half-done charge must resume rather than be abandoned).  When the
+        retries run out, the job ends failed with the last error, so a client
+        never polls a job that will not move again.
         """
         with log_context(job_id=job_id):
             try:
                 jobs.run(job_id, work)
-            except (ServiceError, ConnectionFailure) as exc:
-                error = exc if isinstance(exc, ServiceError) else ServiceUnavailable(str(exc))
+            except Exception as exc:
+                if isinstance(exc, ServiceError):
+                    error = exc
+                elif isinstance(exc, ConnectionFailure):
+                    error = ServiceUnavailable(f"The database did not answer: {type(exc).__name__}.")
+                else:
+                    log.exception("job %s: unexpected error", job_id)
+                    error = ServiceError("An unexpected error occurred; it has been logged.")
+                self._retry_or_end(job_id, exc, error)
+
+    def _retry_or_end(self, job_id: str, exc: Exception, error: ServiceError) -> None:
+        if self.request.retries >= self.max_retries:
+            log.warning("job %s: retries exhausted: %s", job_id, error.detail)
+            jobs.fail(job_id, error)
+            return
+        countdown = get_exponential_backoff_interval(
+            factor=1, retries=self.request.retries, maximum=self.retry_backoff_max, full_jitter=True
+        )
+        log.info("job %s: %s; retry in %ss", job_id, error.code, countdown)
+        raise self.retry(exc=exc, countdown=countdown) from None
+
+    def run_event(self, event_id: str, raw: str | None, work: Callable[[], Any]) -> None:
+        """Apply a Kafka event; set it aside if it can never apply; retry the transient.
+
+        A rejected event changes nothing and goes to the dead-letter topic with
+        its reason.  Transient failures retry with backoff and jitter; when the
+        retries run out the event is dead-lettered too (``retries_exhausted``),
+        so that an operator can replay it: an event is never dropped.
+        """
+        with log_context(event_id=event_id):
+            try:
+                work()
+            except RefundRejected as rejected:
+                events.dead_letter(self.settings, _raw(raw), event_id, rejected.code, rejected.detail)
+            except Exception as exc:
+                if not isinstance(exc, ServiceError | ConnectionFailure):
+                    log.exception("event %s: unexpected error", event_id)
                 if self.request.retries >= self.max_retries:
-                    log.warning("job %s: retries exhausted: %s", job_id, error.detail)
-                    jobs.fail(job_id, error)
+                    events.dead_letter(self.settings, _raw(raw), event_id, "retries_exhausted", str(exc))
                     return
                 countdown = get_exponential_backoff_interval(
                     factor=1, retries=self.request.retries, maximum=self.retry_backoff_max, full_jitter=True
                 )
-                log.info("job %s: %s; retry in %ss", job_id, error.code, countdown)
+                log.info("event %s: %s; retry in %ss", event_id, exc, countdown)
                 raise self.retry(exc=exc, countdown=countdown) from None
+
+
+def _raw(raw: str | None) -> bytes | None:
+    return None if raw is None else raw.encode()
 
 
 def create_celery(settings: Settings | None = None) -> PaymentCelery:

@@ -4,7 +4,7 @@ from shared.models.card import Card
 from shared.models.idempotency import IdempotencyRecord
 from shared.models.job import Job, JobStatus
 from shared.models.ledger import LedgerEntry
-from shared.models.payment import Payment, PaymentProduct, PaymentState
+from shared.models.payment import Payment, PaymentProduct, PaymentState, Refund
 
 __all__ = [
     "Card",
@@ -15,4 +15,5 @@ __all__ = [
     "Payment",
     "PaymentProduct",
     "PaymentState",
+    "Refund",
 ]

@@ -42,6 +42,21 @@ class PaymentProduct(EmbeddedDocument):
     sellerId = StringField()
 
 
+class Refund(EmbeddedDocument):
+    """One applied refund event; its presence on the payment makes the event applied once."""
+
+    eventId = StringField(required=True)  # "<topic>:<partition>:<offset>" of the order service's message
+    kind = StringField(required=True, choices=["order", "product"])
+    productId = StringField()
+    quantity = IntField(min_value=0)
+    amount = Decimal128Field(required=True, precision=2)
+    at = DateTimeField(required=True)
+    #: The card was credited (the card's ``credits`` holds the event id too).
+    credited = BooleanField(default=False)
+    #: The refund-applied event was acknowledged by Kafka.
+    published = BooleanField(default=False)
+
+
 class Payment(TimestampedDocument):
     meta: ClassVar[dict[str, Any]] = {
         "collection": "payments",
@@ -70,6 +85,10 @@ class Payment(TimestampedDocument):
     paymentStatus = BooleanField(default=False)
 
     # Ours.
+    #: Applied refund events, and a counter every refund update checks and
+    #: bumps (compare-and-set), so concurrent refunds never over-refund.
+    refunds = EmbeddedDocumentListField(Refund)
+    version = IntField(default=0, min_value=0)
     refundedAmount = Decimal128Field(default=0, precision=2)
     state = StringField(required=True, choices=[s.value for s in PaymentState], default=PaymentState.PENDING)
     jobId = StringField(required=True)

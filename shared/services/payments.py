@@ -38,6 +38,7 @@ from shared.models import Card, Job, LedgerEntry, Payment, PaymentProduct, Payme
 from shared.models.base import utcnow
 from shared.pan import mask
 from shared.principal import Principal
+from shared.services import outbox
 from shared.services.cards import is_expired
 from shared.services.checkout import Checkout, fetch_checkout
 from shared.services.views import BASE, money, payment_view
@@ -58,16 +59,18 @@ def charge(settings: Settings, job: Job) -> dict[str, Any]:
     payment = Payment.objects(checkoutId=checkout_id, jobId=str(job.id)).first()
     if payment is None:
         payment = _claim(settings, job, checkout_id, card_id, owner)
-        failpoint(settings, "charge.after_claim", job.attempts)
+        failpoint(settings, "charge.after_claim", str(job.id))
     elif payment.state == PaymentState.FAILED:
         # An earlier attempt failed the charge and died before ending the job.
         raise _no_debit_reason(payment)
     if payment.state == PaymentState.PENDING:
         _debit(payment)
-        failpoint(settings, "charge.after_debit", job.attempts)
+        failpoint(settings, "charge.after_debit", str(job.id))
         _record_and_mark_charged(payment)
-        failpoint(settings, "charge.after_charged", job.attempts)
+        failpoint(settings, "charge.after_charged", str(job.id))
     payment.reload()
+    if not payment.acceptedEventPublished:
+        outbox.try_publish_accepted(settings, payment)
     return payment_view(payment)
 
 

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 
-from shared.kafka import producer as make_producer
+from shared import events
 from shared.logs import log_context
 from shared.settings import Settings
 from workers.bridge.messages import BadMessage, OrderRefunded, ProductRefunded, decode
@@ -43,7 +43,6 @@ class RefundBridge:
         settings: Settings,
         celery: Celery,
         consumer: KafkaConsumer | None = None,
-        dead_letters: KafkaProducer | None = None,
     ) -> None:
         self.settings = settings
         self.celery = celery
@@ -56,7 +55,6 @@ class RefundBridge:
             auto_offset_reset="earliest",
             max_poll_records=100,
         )
-        self.dead_letters = dead_letters or make_producer(settings)
         self.stopping = threading.Event()
         self._handlers: dict[str, Callable[[ConsumerRecord], None]] = {
             settings.topic(settings.topic_order_refunded): self._order_refunded,
@@ -90,25 +88,11 @@ class RefundBridge:
 
     def _send(self, task: str, record: ConsumerRecord, kwargs: dict[str, Any]) -> None:
         eid = event_id(record)
-        self.celery.send_task(task, kwargs={"event_id": eid, **kwargs})
+        # The original value travels along, so a worker that finds the event
+        # inapplicable can dead-letter it byte for byte.
+        raw = record.value.decode("utf-8", errors="replace")
+        self.celery.send_task(task, kwargs={"event_id": eid, **kwargs, "raw": raw})
         log.info("refund event handed over", extra={"fields": {"event_id": eid, "task": task}})
-
-    def dead_letter(self, record: ConsumerRecord, problem: BadMessage) -> None:
-        headers = [
-            ("reason", problem.reason.encode()),
-            ("detail", problem.detail[:1000].encode()),
-            ("source-topic", record.topic.encode()),
-            ("source-partition", str(record.partition).encode()),
-            ("source-offset", str(record.offset).encode()),
-        ]
-        future = self.dead_letters.send(
-            self.settings.topic(self.settings.topic_dead_letter), value=record.value, headers=headers
-        )
-        future.get(timeout=30)  # acknowledged before the offset moves on
-        log.warning(
-            "refund event dead-lettered",
-            extra={"fields": {"event_id": event_id(record), "reason": problem.reason}},
-        )
 
     def handle(self, record: ConsumerRecord) -> None:
         """Hand one record over, retrying transient failures until it is safe or we stop."""
@@ -119,7 +103,10 @@ class RefundBridge:
                     try:
                         self._handlers[record.topic](record)
                     except BadMessage as problem:
-                        self.dead_letter(record, problem)
+                        # Acknowledged by Kafka before the offset moves on.
+                        events.dead_letter(
+                            self.settings, record.value, event_id(record), problem.reason, problem.detail
+                        )
                 return
             except Exception:
                 if self.stopping.is_set():
@@ -138,7 +125,6 @@ class RefundBridge:
                 self._process(self.consumer.poll(timeout_ms=500))
         finally:
             self.consumer.close(autocommit=False)
-            self.dead_letters.close(timeout=10)
 
     def _process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         """Hand over a polled batch; commit, per partition, what was handed over."""

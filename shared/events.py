@@ -1,0 +1,90 @@
+"""Publishing the service's Kafka events: acknowledged by the broker, or an error.
+
+One idempotent ``acks=all`` producer per process (made after any fork, on
+first use).  ``publish`` waits for the broker's acknowledgement, so a caller
+marks an event sent only once it really is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from shared.errors import EventNotPublished
+from shared.kafka import producer
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_producers: dict[int, KafkaProducer] = {}
+
+
+def _producer(settings: Settings) -> KafkaProducer:
+    pid = os.getpid()
+    if pid not in _producers:
+        _producers.clear()  # a parent's producer is not ours to use after a fork
+        _producers[pid] = producer(settings, max_block_ms=10000)
+    return _producers[pid]
+
+
+def encode(value: dict[str, Any]) -> bytes:
+    """JSON with amounts as numbers (<= 14 significant digits: exact as shortest floats)."""
+
+    def default(o: Any) -> Any:
+        if isinstance(o, Decimal):
+            return float(o)
+        if isinstance(o, datetime):
+            return o.isoformat().replace("+00:00", "Z")
+        raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+    return json.dumps(value, default=default, separators=(",", ":")).encode()
+
+
+def publish(
+    settings: Settings,
+    topic: str,
+    value: dict[str, Any] | bytes,
+    *,
+    key: str | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+    timeout: float = 15.0,
+) -> None:
+    """Send one event and wait for Kafka's acknowledgement; EventNotPublished if none came."""
+    payload = value if isinstance(value, bytes) else encode(value)
+    try:
+        future = _producer(settings).send(
+            settings.topic(topic), value=payload, key=key.encode() if key else None, headers=headers or []
+        )
+        future.get(timeout=timeout)
+    except KafkaError as exc:
+        raise EventNotPublished(f"{topic}: {type(exc).__name__}: {exc}") from exc
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def dead_letter(settings: Settings, value: bytes | None, event_id: str, reason: str, detail: str) -> None:
+    """Set a refund message aside on the dead-letter topic, with why and where it came from.
+
+    The value is the original message, byte for byte; the reason and the
+    source coordinates travel in headers.
+    """
+    topic, partition, offset = event_id.rsplit(":", 2)
+    headers = [
+        ("reason", reason.encode()),
+        ("detail", detail[:1000].encode()),
+        ("event-id", event_id.encode()),
+        ("source-topic", topic.encode()),
+        ("source-partition", partition.encode()),
+        ("source-offset", offset.encode()),
+    ]
+    publish(settings, settings.topic_dead_letter, value or b"", headers=headers)
+    log.warning("refund event dead-lettered", extra={"fields": {"event_id": event_id, "reason": reason}})

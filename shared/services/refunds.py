@@ -1,0 +1,175 @@
+"""Refunds from the order service's events: each event credits the card exactly once.
+
+An event (identified by the Kafka coordinates of its message) is applied in
+steps a retry can resume:
+
+1. **record** on the payment, by compare-and-set on ``payment.version``: the
+   refund entry, the products' refunded quantities and the refunded amount,
+   checked against what was paid (never more than was paid for the payment or
+   for the product).  The entry's presence makes the event applied once.
+2. **credit** the card: one conditional update adds the amount and records
+   the event id in ``card.credits``, only if it is not there yet.
+3. **ledger** entry ``credit:<eventId>``, written once; the entry is marked credited.
+4. **publish** the refund-applied event; the entry is marked published.
+
+Anything that can never be applied (unknown payment, product not in the
+payment, an amount that is not whole units, over-refund, deleted card) is a
+:class:`~shared.errors.RefundRejected` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from decimal import Decimal
+from typing import Any
+
+from mongoengine.errors import NotUniqueError
+
+from shared import events
+from shared.errors import (
+    NothingToRefund,
+    NotWholeUnits,
+    OverRefund,
+    ProductNotInPayment,
+    RefundCardDeleted,
+    RefundPaymentNotFound,
+)
+from shared.failpoints import failpoint
+from shared.models import Card, LedgerEntry, Payment, PaymentState, Refund
+from shared.models.base import utcnow
+from shared.services.views import money
+from shared.settings import Settings
+
+#: How often a refund is re-planned when a concurrent refund changed the payment.
+MAX_CAS_ATTEMPTS = 50
+
+
+def refund_order(settings: Settings, event_id: str, payment_id: str) -> dict[str, Any]:
+    """Refund whatever of the payment is not refunded yet (a whole-order refund)."""
+    return _apply(settings, event_id, payment_id, product_id=None, price=None)
+
+
+def refund_product(
+    settings: Settings, event_id: str, payment_id: str, *, product_id: str, price: Decimal
+) -> dict[str, Any]:
+    """Refund ``price`` of one product: ``price / unit price`` whole units of it."""
+    return _apply(settings, event_id, payment_id, product_id=product_id, price=money(price))
+
+
+def _apply(
+    settings: Settings,
+    event_id: str,
+    payment_id: str,
+    *,
+    product_id: str | None,
+    price: Decimal | None,
+) -> dict[str, Any]:
+    refund = _record(event_id, payment_id, product_id, price)
+    failpoint(settings, "refund.after_record", event_id)
+    payment = Payment.objects.get(id=payment_id)
+    if not refund.credited:
+        _credit(payment, refund)
+        failpoint(settings, "refund.after_credit", event_id)
+    if not refund.published:
+        payment.reload()
+        events.publish(
+            settings, settings.topic_refund_applied, _applied_event(payment, refund), key=payment_id
+        )
+        Payment.objects(id=payment_id, refunds__eventId=event_id).update_one(set__refunds__S__published=True)
+    payment.reload()
+    return _applied_event(payment, refund)
+
+
+def _record(event_id: str, payment_id: str, product_id: str | None, price: Decimal | None) -> Refund:
+    """Record the refund on the payment once (compare-and-set); return its entry."""
+    for _ in range(MAX_CAS_ATTEMPTS):
+        payment = Payment.objects(id=payment_id, state=PaymentState.CHARGED, deletedAt=None).first()
+        if payment is None:
+            raise RefundPaymentNotFound(f"No charged payment {payment_id}.")
+        done = next((r for r in payment.refunds if r.eventId == event_id), None)
+        if done is not None:
+            return done  # recorded by an earlier delivery of this event
+        card = Card.objects(id=payment.creditCardId).only("deletedAt").first()
+        if card is None or card.deletedAt is not None:
+            raise RefundCardDeleted(f"The card {payment.creditCardId} of payment {payment_id} was deleted.")
+        refund, changes = _plan(payment, event_id, product_id, price)
+        applied = Payment.objects(id=payment_id, version=payment.version).update_one(
+            push__refunds=refund, inc__version=1, set__updatedAt=utcnow(), **changes
+        )
+        if applied:
+            return refund
+    raise RuntimeError(f"payment {payment_id} kept changing; refund {event_id} will be retried")
+
+
+def _plan(
+    payment: Payment, event_id: str, product_id: str | None, price: Decimal | None
+) -> tuple[Refund, dict[str, Any]]:
+    total = money(payment.totalPrice)
+    refunded = money(payment.refundedAmount)
+    remaining = total - refunded
+    if product_id is None:
+        if remaining <= 0:
+            raise NothingToRefund(f"Payment {payment.id} is already refunded in full.")
+        changes: dict[str, Any] = {"set__refunded": True, "set__refundedAmount": total}
+        for i, item in enumerate(payment.products):
+            changes[f"set__products__{i}__refundedQuantity"] = item.quantity
+            changes[f"set__products__{i}__isRefunded"] = True
+        refund = Refund(eventId=event_id, kind="order", amount=remaining, at=utcnow())
+        return refund, changes
+    if price is None:  # pragma: no cover - refund_product always passes one
+        raise ValueError("a product refund needs a price")
+    index = next((i for i, p in enumerate(payment.products) if p.productId == product_id), None)
+    if index is None:
+        raise ProductNotInPayment(f"Payment {payment.id} has no product {product_id}.")
+    product = payment.products[index]
+    units = price / money(product.price)
+    if units != units.to_integral_value() or units < 1:
+        raise NotWholeUnits(f"{price} is not a whole number of units of {money(product.price)}.")
+    quantity = int(units)
+    left = product.quantity - product.refundedQuantity
+    if quantity > left or price > remaining:
+        raise OverRefund(f"{quantity} units of {product_id} asked, {left} not refunded yet.")
+    new_refunded = refunded + price
+    changes = {
+        f"set__products__{index}__refundedQuantity": product.refundedQuantity + quantity,
+        # A product is refunded once all its units are.
+        f"set__products__{index}__isRefunded": product.refundedQuantity + quantity == product.quantity,
+        "set__refundedAmount": new_refunded,
+        "set__refunded": new_refunded == total,
+    }
+    refund = Refund(
+        eventId=event_id, kind="product", productId=product_id, quantity=quantity, amount=price, at=utcnow()
+    )
+    return refund, changes
+
+
+def _credit(payment: Payment, refund: Refund) -> None:
+    amount = money(refund.amount)
+    Card.objects(id=payment.creditCardId, credits__ne=refund.eventId).update_one(
+        inc__money=amount, push__credits=refund.eventId, set__updatedAt=utcnow()
+    )
+    with contextlib.suppress(NotUniqueError):  # written by an earlier delivery
+        LedgerEntry(
+            id=f"credit:{refund.eventId}",
+            cardId=payment.creditCardId,
+            kind="credit",
+            amount=amount,
+            paymentId=str(payment.id),
+        ).save(force_insert=True)
+    Payment.objects(id=payment.id, refunds__eventId=refund.eventId).update_one(set__refunds__S__credited=True)
+
+
+def _applied_event(payment: Payment, refund: Refund) -> dict[str, Any]:
+    return {
+        "eventId": f"refund-applied:{refund.eventId}",
+        "sourceEventId": refund.eventId,
+        "paymentId": str(payment.id),
+        "creditCardId": payment.creditCardId,
+        "kind": refund.kind,
+        "productId": refund.productId,
+        "quantity": refund.quantity,
+        "amount": money(refund.amount),
+        "refundedAmount": money(payment.refundedAmount),
+        "refunded": payment.refunded,
+        "occurredAt": refund.at,
+    }

@@ -1,0 +1,300 @@
+"""Refunds from the order service's Kafka events, through the real bridge, broker and worker.
+
+Events are produced with kcat (not our Kafka client), byte for byte as the
+order service's kafkajs producer sends them: a JSON value, no key, no headers.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from shared.models import Card, LedgerEntry, Payment
+from shared.settings import Settings
+from tests.support import wait_until
+from tests.web.conftest import Client
+from tests.workers.kafka_support import bridge_process, kcat_produce, read_topic
+
+PRODUCTS = [
+    {"productId": "p-1", "quantity": 3, "price": 19.99, "sellerId": "s-1"},
+    {"productId": "p-2", "quantity": 1, "price": 10.00, "sellerId": "s-2"},
+]  # total 69.97
+
+
+@pytest.fixture(scope="module")
+def bridge(topics: list[str], celery_worker: Any) -> Iterator[subprocess.Popen[bytes]]:
+    with bridge_process() as proc:
+        yield proc
+
+
+@pytest.fixture
+def paid(client: Client, seed_checkout: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """A charged payment of ``client`` (the card starts with 100.00)."""
+
+    def pay(products: list[dict[str, Any]] = PRODUCTS, total: str = "69.97") -> dict[str, Any]:
+        card = client.add_card(money=100)
+        checkout = seed_checkout(client.user_id, total=total, products=products)
+        job = client.wait(client.pay(checkout["_id"], card["id"]))
+        assert job["status"] == "succeeded", job
+        payment: dict[str, Any] = job["result"]
+        return payment
+
+    return pay
+
+
+def balance(payment: dict[str, Any]) -> Decimal:
+    return Card.objects.get(id=payment["creditCardId"]).money
+
+
+def stored(payment: dict[str, Any]) -> Payment:
+    return Payment.objects.get(id=payment["id"])
+
+
+def order_refund(payment: dict[str, Any], total: float | None = None) -> dict[str, Any]:
+    return {"refunded": True, "totalPrice": total or payment["totalPrice"], "paymentId": payment["id"]}
+
+
+def product_refund(payment: dict[str, Any], product_id: str, price: float) -> dict[str, Any]:
+    return {
+        "productId": product_id,
+        "price": price,
+        "cardNumber": payment["cardNumber"],
+        "paymentId": payment["id"],
+    }
+
+
+def dead_letters_for(settings: Settings, payment_id: str, count: int) -> list[dict[str, Any]]:
+    def found() -> list[dict[str, Any]] | None:
+        letters = []
+        for record in read_topic(settings, settings.topic_dead_letter, timeout_ms=1500):
+            if payment_id.encode() in (record.value or b""):
+                letters.append({"value": record.value, **{k: v.decode() for k, v in record.headers}})
+        return letters if len(letters) >= count else None
+
+    letters: list[dict[str, Any]] = wait_until(found, timeout=60, interval=0.5, message="dead letters")
+    return letters
+
+
+def test_a_whole_order_refund_credits_the_card_and_marks_every_product(
+    settings: Settings, bridge: Any, client: Client, paid: Callable[..., dict[str, Any]]
+) -> None:
+    payment = paid()
+    assert balance(payment) == Decimal("30.03")
+    kcat_produce(settings, settings.topic_order_refunded, [order_refund(payment)])
+    wait_until(lambda: balance(payment) == Decimal("100.00"), timeout=60, message="card credited")
+    found = client.call("GET", f"/find/{payment['id']}").json()
+    assert found["refunded"] is True
+    assert found["refundedAmount"] == 69.97
+    assert [(p["isRefunded"], p["refundedQuantity"]) for p in found["products"]] == [(True, 3), (True, 1)]
+    assert LedgerEntry.objects(paymentId=payment["id"], kind="credit").count() == 1
+
+
+def test_product_refunds_credit_their_units_and_a_later_order_refund_only_the_rest(
+    settings: Settings, bridge: Any, client: Client, paid: Callable[..., dict[str, Any]]
+) -> None:
+    payment = paid()
+    kcat_produce(settings, settings.topic_product_refunded, [product_refund(payment, "p-1", 39.98)])
+    wait_until(lambda: balance(payment) == Decimal("70.01"), timeout=60, message="two units credited")
+    found = client.call("GET", f"/find/{payment['id']}").json()
+    assert found["products"][0]["refundedQuantity"] == 2
+    assert found["products"][0]["isRefunded"] is False
+    assert (found["refundedAmount"], found["refunded"]) == (39.98, False)
+
+    kcat_produce(settings, settings.topic_order_refunded, [order_refund(payment)])
+    wait_until(lambda: balance(payment) == Decimal("100.00"), timeout=60, message="the rest credited")
+    found = client.call("GET", f"/find/{payment['id']}").json()
+    assert (found["refundedAmount"], found["refunded"]) == (69.97, True)
+    assert [p["refundedQuantity"] for p in found["products"]] == [3, 1]
+    credits = sorted(e.amount for e in LedgerEntry.objects(paymentId=payment["id"], kind="credit"))
+    assert credits == [Decimal("29.99"), Decimal("39.98")]
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("unknown payment", "unknown_payment"),
+        ("product not in payment", "product_not_in_payment"),
+        ("not whole units", "not_whole_units"),
+        ("more units than bought", "over_refund"),
+        ("deleted card", "card_deleted"),
+        ("already refunded in full", "nothing_to_refund"),
+    ],
+)
+def test_an_event_that_cannot_apply_is_dead_lettered_with_its_reason_and_changes_nothing(
+    case: str,
+    reason: str,
+    settings: Settings,
+    bridge: Any,
+    client: Client,
+    paid: Callable[..., dict[str, Any]],
+) -> None:
+    payment = paid()
+    if case == "already refunded in full":
+        kcat_produce(settings, settings.topic_order_refunded, [order_refund(payment)])
+        wait_until(lambda: balance(payment) == Decimal("100.00"), timeout=60, message="first refund")
+    if case == "deleted card":
+        job = client.wait(client.call("DELETE", f"/delete-card/{payment['creditCardId']}"))
+        assert job["status"] == "succeeded"
+    before_balance, before = balance(payment), stored(payment).to_mongo().to_dict()
+    target = dict(payment, id=str(uuid.uuid4().hex[:24])) if case == "unknown payment" else payment
+    event = {
+        "unknown payment": order_refund(target, 10.0),
+        "product not in payment": product_refund(payment, "p-9", 19.99),
+        "not whole units": product_refund(payment, "p-1", 30.00),
+        "more units than bought": product_refund(payment, "p-1", 79.96),
+        "deleted card": order_refund(payment),
+        "already refunded in full": order_refund(payment),
+    }[case]
+    topic = settings.topic_order_refunded if "refunded" in event else settings.topic_product_refunded
+    [sent] = kcat_produce(settings, topic, [event])
+    [letter] = dead_letters_for(settings, target["id"], 1)
+    assert letter["reason"] == reason
+    assert letter["value"] == sent  # the original message, byte for byte
+    assert letter["source-topic"] == settings.topic(topic)
+    assert (
+        letter["event-id"]
+        == f"{letter['source-topic']}:{letter['source-partition']}:{letter['source-offset']}"
+    )
+    assert balance(payment) == before_balance
+    assert stored(payment).to_mongo().to_dict() == before
+
+
+def test_the_same_event_delivered_three_times_credits_once(
+    settings: Settings, celery_app: Any, celery_worker: Any, paid: Callable[..., dict[str, Any]]
+) -> None:
+    payment = paid()
+    event_id = f"{settings.topic(settings.topic_product_refunded)}:0:{uuid.uuid4().int % 10**9}"
+    kwargs = {"event_id": event_id, "payment_id": payment["id"], "product_id": "p-1", "price": "19.99"}
+    for _ in range(3):  # as Kafka redelivers a record whose offset was not committed
+        celery_app.send_task("refunds.refund_product", kwargs=kwargs)
+    wait_until(lambda: balance(payment) == Decimal("50.02"), timeout=60, message="credited")
+    celery_app.send_task("system.ping").get(timeout=30)  # the queue has drained past the copies
+    wait_until(lambda: all(r.published for r in stored(payment).refunds), timeout=30, message="published")
+    assert balance(payment) == Decimal("50.02")
+    assert [r.eventId for r in stored(payment).refunds] == [event_id]
+    assert Card.objects.get(id=payment["creditCardId"]).credits == [event_id]
+    applied = [
+        r
+        for r in read_topic(settings, settings.topic_refund_applied, timeout_ms=1500)
+        if event_id.encode() in r.value
+    ]
+    assert len(applied) >= 1
+
+
+@pytest.mark.slow
+def test_a_replay_of_the_whole_topic_from_the_beginning_changes_nothing(
+    settings: Settings, bridge: Any, paid: Callable[..., dict[str, Any]]
+) -> None:
+    payment = paid()
+    kcat_produce(settings, settings.topic_product_refunded, [product_refund(payment, "p-1", 19.99)])
+    kcat_produce(settings, settings.topic_order_refunded, [order_refund(payment)])
+    wait_until(lambda: balance(payment) == Decimal("100.00"), timeout=60, message="refunded")
+    wait_until(lambda: all(r.published for r in stored(payment).refunds), timeout=30, message="published")
+    before = stored(payment).to_mongo().to_dict()
+    # A new consumer group reads both topics again from offset 0.
+    group = f"replay-{uuid.uuid4().hex[:6]}"
+    with bridge_process({"KAFKA_BRIDGE_GROUP": group}):
+        wait_until(lambda: _group_caught_up(settings, group), timeout=90, message="replay consumed")
+        celery_ping_drain(settings)
+    assert balance(payment) == Decimal("100.00")
+    assert stored(payment).to_mongo().to_dict() == before
+
+
+def _group_caught_up(settings: Settings, group: str) -> bool:
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        real = settings.topic(group)
+        committed = admin.list_group_offsets(real).get(real, {})
+        partitions = [
+            TopicPartition(t, p)
+            for t in settings.consumed_topics
+            for p in consumer.partitions_for_topic(t) or ()
+        ]
+        ends = consumer.end_offsets(partitions)
+        # An empty partition has nothing to commit.
+        return all(end == 0 or (tp in committed and committed[tp].offset >= end) for tp, end in ends.items())
+    finally:
+        consumer.close()
+        admin.close()
+
+
+def celery_ping_drain(settings: Settings) -> None:
+    """Wait until the refunds queue of this run is empty and the workers idle."""
+    import redis
+
+    with redis.Redis.from_url(settings.broker_url) as client:
+        wait_until(
+            lambda: client.llen(f"{settings.broker_key_prefix}refunds") == 0,
+            timeout=60,
+            message="refunds queue drained",
+        )
+
+
+@pytest.mark.slow
+def test_two_bridges_with_a_rebalance_mid_stream_apply_each_of_500_events_once(
+    settings: Settings,
+    bridge: subprocess.Popen[bytes],
+    second_worker: Any,
+    paid: Callable[..., dict[str, Any]],
+) -> None:
+    units = [{"productId": "u", "quantity": 500, "price": 0.01, "sellerId": "s"}]
+    payment = paid(products=units, total="5.00")
+    events = [product_refund(payment, "u", 0.01) for _ in range(500)]
+    kcat_produce(settings, settings.topic_product_refunded, events[:200])
+    with bridge_process() as second:  # joins the group: partitions move mid-stream
+        kcat_produce(settings, settings.topic_product_refunded, events[200:400])
+        bridge.send_signal(signal.SIGTERM)  # the first leaves: they move again
+        assert bridge.wait(timeout=60) == 0
+        kcat_produce(settings, settings.topic_product_refunded, events[400:])
+        wait_until(
+            lambda: balance(payment) == Decimal("100.00"),
+            timeout=180,
+            interval=0.5,
+            message="500 refunds credited",
+        )
+        assert second.poll() is None
+    refunds = stored(payment).refunds
+    assert len(refunds) == 500
+    assert len({r.eventId for r in refunds}) == 500
+    assert stored(payment).products[0].refundedQuantity == 500
+    assert len(Card.objects.get(id=payment["creditCardId"]).credits) == 500
+    assert LedgerEntry.objects(paymentId=payment["id"], kind="credit").count() == 500
+
+
+@pytest.mark.slow
+def test_a_bridge_killed_mid_stream_and_restarted_loses_no_event_and_applies_none_twice(
+    settings: Settings, celery_worker: Any, topics: list[str], paid: Callable[..., dict[str, Any]]
+) -> None:
+    units = [{"productId": "u", "quantity": 300, "price": 0.01, "sellerId": "s"}]
+    payment = paid(products=units, total="3.00")
+    # A group of its own: it first replays what earlier tests sent (changing nothing).
+    group = f"killed-{uuid.uuid4().hex[:6]}"
+    with bridge_process({"KAFKA_BRIDGE_GROUP": group}) as first:
+        wait_until(lambda: _group_caught_up(settings, group), timeout=60, message="bridge joined")
+        kcat_produce(
+            settings,
+            settings.topic_product_refunded,
+            [product_refund(payment, "u", 0.01) for _ in range(300)],
+        )
+        wait_until(lambda: stored(payment).refunds, timeout=60, message="some handed over")
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    with bridge_process({"KAFKA_BRIDGE_GROUP": group}):
+        wait_until(
+            lambda: balance(payment) == Decimal("100.00"),
+            timeout=120,
+            interval=0.5,
+            message="all 300 credited",
+        )
+    assert len({r.eventId for r in stored(payment).refunds}) == 300
+    assert len(stored(payment).refunds) == 300
+    assert len(Card.objects.get(id=payment["creditCardId"]).credits) == 300

@@ -30,7 +30,7 @@ def _producer(settings: Settings) -> KafkaProducer:
     pid = os.getpid()
     if pid not in _producers:
         _producers.clear()  # a parent's producer is not ours to use after a fork
-        _producers[pid] = producer(settings, max_block_ms=10000)
+        _producers[pid] = producer(settings, max_block_ms=5000)
     return _producers[pid]
 
 

@@ -9,6 +9,7 @@ events but loses none.  Only charged payments are ever announced.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -34,20 +35,31 @@ def accepted_event(payment: Payment) -> dict[str, Any]:
     }
 
 
-def publish_accepted(settings: Settings, payment: Payment) -> None:
+def publish_accepted(settings: Settings, payment: Payment, timeout: float = 15.0) -> None:
     """Publish one payment's accepted event and mark it sent once Kafka acknowledged it."""
-    events.publish(settings, settings.topic_payment_accepted, accepted_event(payment), key=str(payment.id))
+    value = accepted_event(payment)
+    events.publish(settings, settings.topic_payment_accepted, value, key=str(payment.id), timeout=timeout)
     Payment.objects(id=payment.id).update_one(
         set__acceptedEventPublished=True, set__acceptedEventPublishedAt=utcnow()
     )
 
 
+#: After a failed publish, charges skip publishing for this long (the outbox
+#: task retries), so a Kafka outage does not slow every charge by a timeout.
+PAUSE_AFTER_FAILURE_SECONDS = 10.0
+_paused_until = 0.0
+
+
 def try_publish_accepted(settings: Settings, payment: Payment) -> bool:
     """Publish now if Kafka answers; otherwise leave it to the periodic task."""
+    global _paused_until  # noqa: PLW0603 - a per-process circuit breaker
+    if time.monotonic() < _paused_until:
+        return False
     try:
-        publish_accepted(settings, payment)
+        publish_accepted(settings, payment, timeout=5.0)
         return True
     except EventNotPublished as exc:
+        _paused_until = time.monotonic() + PAUSE_AFTER_FAILURE_SECONDS
         log.warning("payment-accepted event of %s left in the outbox: %s", payment.id, exc.detail)
         return False
 

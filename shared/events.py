@@ -30,7 +30,8 @@ def _producer(settings: Settings) -> KafkaProducer:
     pid = os.getpid()
     if pid not in _producers:
         _producers.clear()  # a parent's producer is not ours to use after a fork
-        _producers[pid] = producer(settings, max_block_ms=5000)
+        # linger 0: every publish waits for its acknowledgement, so batching only delays it.
+        _producers[pid] = producer(settings, max_block_ms=5000, linger_ms=0)
     return _producers[pid]
 
 

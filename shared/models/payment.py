@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -89,7 +90,7 @@ class Payment(TimestampedDocument):
     #: bumps (compare-and-set), so concurrent refunds never over-refund.
     refunds = EmbeddedDocumentListField(Refund)
     version = IntField(default=0, min_value=0)
-    refundedAmount = Decimal128Field(default=0, precision=2)
+    refundedAmount = Decimal128Field(default=Decimal("0.00"), precision=2)
     state = StringField(required=True, choices=[s.value for s in PaymentState], default=PaymentState.PENDING)
     jobId = StringField(required=True)
     deletedAt = DateTimeField()

@@ -70,14 +70,12 @@ def _apply(
     if not refund.credited:
         _credit(payment, refund)
         failpoint(settings, "refund.after_credit", event_id)
+    # The payment as read holds the refund's bookkeeping already (recorded in step 1).
+    applied = _applied_event(payment, refund)
     if not refund.published:
-        payment.reload()
-        events.publish(
-            settings, settings.topic_refund_applied, _applied_event(payment, refund), key=payment_id
-        )
+        events.publish(settings, settings.topic_refund_applied, applied, key=payment_id)
         Payment.objects(id=payment_id, refunds__eventId=event_id).update_one(set__refunds__S__published=True)
-    payment.reload()
-    return _applied_event(payment, refund)
+    return applied
 
 
 def _record(event_id: str, payment_id: str, product_id: str | None, price: Decimal | None) -> Refund:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import random
+import signal
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -11,12 +13,14 @@ import pytest
 import requests
 from bson import ObjectId
 
+from devstack import servers
 from devstack.tokens import make_token
 from shared.pan import luhn_valid
 from shared.settings import Settings
-from tests.conftest import TEST_ENV
+from tests.conftest import RUN_ID, TEST_ENV, make_settings, start_worker, stop_worker
 from tests.support import ServedApp, wait_until
 from web import create_app
+from workers.app import create_celery
 
 API = "/api/payment"
 
@@ -132,8 +136,6 @@ def seed_checkout(checkout_service: ServedApp) -> Callable[..., dict[str, Any]]:
 @pytest.fixture(scope="session")
 def second_worker(celery_app, celery_worker) -> Iterator[None]:
     """A second worker node, so that races run across separate worker processes."""
-    from tests.conftest import start_worker, stop_worker
-
     proc = start_worker("w2", concurrency=2)
 
     def nodes() -> set[str]:
@@ -144,3 +146,46 @@ def second_worker(celery_app, celery_worker) -> Iterator[None]:
         yield
     finally:
         stop_worker(proc)
+
+
+_worlds = itertools.count()
+
+
+class World:
+    """An API and a worker of their own, on a private broker prefix."""
+
+    def __init__(self, failpoints: str = "", checkout_url: str | None = None) -> None:
+        self.prefix = f"{RUN_ID}fault{next(_worlds)}:"
+        env = {"CELERY_KEY_PREFIX": self.prefix, "PAYMENT_FAILPOINTS": failpoints}
+        if checkout_url:
+            env["CHECKOUT_SERVICE_URL"] = checkout_url
+        self.env = env
+        self.settings = make_settings(**{k: v for k, v in env.items() if k != "PAYMENT_FAILPOINTS"})
+        self.celery = create_celery(self.settings)
+        self.api = ServedApp(create_app(self.settings, self.celery))
+        self.worker = self.start_worker()
+
+    def start_worker(self, name: str = "fault") -> Any:
+        node = f"{name}{self.prefix[-3:-1]}"
+        proc = start_worker(node, concurrency=1, queues="payments,cards,refunds", env=self.env)
+        self.log = servers.STACK_DIR / "logs" / f"test-worker-{node}-{RUN_ID}.log"
+        wait_until(lambda: self.celery.control.ping(timeout=1), timeout=60, message="fault worker answers")
+        return proc
+
+    def close(self) -> None:
+        stop_worker(self.worker, signal.SIGKILL)
+        self.api.close()
+
+
+@pytest.fixture
+def world_factory(checkout_service: ServedApp, topics: list[str]) -> Iterator[Callable[..., World]]:
+    worlds: list[World] = []
+
+    def make(**kwargs: Any) -> World:
+        world = World(**kwargs)
+        worlds.append(world)
+        return world
+
+    yield make
+    for world in worlds:
+        world.close()

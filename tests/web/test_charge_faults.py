@@ -6,64 +6,18 @@ with failpoints is the only one that can take its tasks.
 
 from __future__ import annotations
 
-import itertools
 import signal
 import time
-from collections.abc import Callable, Iterator
 from decimal import Decimal
-from typing import Any
 
 import pytest
 import requests
 
 from devstack.checkout_standin import create_standin
 from shared.models import Card, Job, LedgerEntry, Payment
-from tests.conftest import RUN_ID, make_settings, start_worker, stop_worker
+from tests.conftest import stop_worker
 from tests.support import ServedApp, free_port, wait_until
 from tests.web.conftest import Client
-from web import create_app
-from workers.app import create_celery
-
-_worlds = itertools.count()
-
-
-class World:
-    """An API and a worker of their own, on a private broker prefix."""
-
-    def __init__(self, failpoints: str = "", checkout_url: str | None = None) -> None:
-        self.prefix = f"{RUN_ID}fault{next(_worlds)}:"
-        env = {"CELERY_KEY_PREFIX": self.prefix, "PAYMENT_FAILPOINTS": failpoints}
-        if checkout_url:
-            env["CHECKOUT_SERVICE_URL"] = checkout_url
-        self.env = env
-        self.settings = make_settings(**{k: v for k, v in env.items() if k != "PAYMENT_FAILPOINTS"})
-        self.celery = create_celery(self.settings)
-        self.api = ServedApp(create_app(self.settings, self.celery))
-        self.worker = self.start_worker()
-
-    def start_worker(self, name: str = "fault") -> Any:
-        node = f"{name}{self.prefix[-3:-1]}"
-        proc = start_worker(node, concurrency=1, queues="payments,cards", env=self.env)
-        wait_until(lambda: self.celery.control.ping(timeout=1), timeout=60, message="fault worker answers")
-        return proc
-
-    def close(self) -> None:
-        stop_worker(self.worker, signal.SIGKILL)
-        self.api.close()
-
-
-@pytest.fixture
-def world_factory(checkout_service: ServedApp) -> Iterator[Callable[..., World]]:
-    worlds: list[World] = []
-
-    def make(**kwargs: Any) -> World:
-        world = World(**kwargs)
-        worlds.append(world)
-        return world
-
-    yield make
-    for world in worlds:
-        world.close()
 
 
 def assert_paid_once(card_id: str, payment_id: str, start: Decimal, total: Decimal) -> None:

@@ -298,3 +298,33 @@ def test_a_bridge_killed_mid_stream_and_restarted_loses_no_event_and_applies_non
     assert len({r.eventId for r in stored(payment).refunds}) == 300
     assert len(stored(payment).refunds) == 300
     assert len(Card.objects.get(id=payment["creditCardId"]).credits) == 300
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["refund.after_record", "refund.after_credit"])
+def test_a_worker_killed_mid_refund_is_redelivered_and_credits_once(
+    point: str,
+    settings: Settings,
+    world_factory: Callable[..., Any],
+    seed_checkout: Callable[..., dict[str, Any]],
+) -> None:
+    world = world_factory(failpoints=point)
+    client = Client(world.api.url)
+    card = client.add_card(money=100)
+    checkout = seed_checkout(client.user_id, total="69.97", products=PRODUCTS)
+    payment = client.wait(client.pay(checkout["_id"], card["id"]))["result"]
+    event_id = f"{settings.topic(settings.topic_product_refunded)}:1:{uuid.uuid4().int % 10**9}"
+    world.celery.send_task(
+        "refunds.refund_product",
+        kwargs={"event_id": event_id, "payment_id": payment["id"], "product_id": "p-1", "price": "19.99"},
+    )
+    wait_until(
+        lambda: all(r.published for r in stored(payment).refunds) and stored(payment).refunds,
+        timeout=90,
+        message="refund applied",
+    )
+    assert "signal 9" in world.log.read_text()  # the first delivery really died at the failpoint
+    assert balance(payment) == Decimal("50.02")
+    assert Card.objects.get(id=payment["creditCardId"]).credits == [event_id]
+    assert LedgerEntry.objects(paymentId=payment["id"], kind="credit").count() == 1
+    assert [r.eventId for r in stored(payment).refunds] == [event_id]

@@ -124,9 +124,11 @@ class Stack:
                     start_new_session=True,
                 )
             )
+        from shared.kafka import ensure_topics
         from workers.app import create_celery
 
         self.celery = create_celery()
+        ensure_topics(self.celery.settings)  # charges publish their accepted event
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the in-process stand-in
         self.url = f"http://127.0.0.1:{self.port}/api/payment"
         self._wait_ready()
@@ -159,6 +161,13 @@ class Stack:
             keys = list(client.scan_iter(f"{RUN}:*"))
             if keys:
                 client.delete(*keys)
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=self.celery.settings.kafka_bootstrap)
+        try:
+            admin.delete_topics(self.celery.settings.all_topics)
+        finally:
+            admin.close()
 
 
 def ping_baseline(stack: Stack, count: int) -> list[float]:

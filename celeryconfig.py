@@ -31,6 +31,7 @@ task_routes = {
     "refunds.*": {"queue": "refunds"},
     "outbox.*": {"queue": "maintenance"},
     "system.*": {"queue": "maintenance"},
+    "jobs.*": {"queue": "maintenance"},
 }
 
 # A worker takes one message at a time per process: a crash loses (and the
@@ -55,6 +56,7 @@ task_send_sent_event = True
 # Celery beat: the outbox of payment-accepted events is swept every few seconds.
 beat_schedule = {
     "publish-accepted-events": {"task": "outbox.publish_accepted", "schedule": 5.0},
+    "requeue-stale-jobs": {"task": "jobs.requeue_stale", "schedule": 60.0},
 }
 
 worker_hijack_root_logger = False

@@ -154,5 +154,9 @@ class RefundCardDeleted(RefundRejected):
     code, title = "card_deleted", "The payment's card was deleted"
 
 
+class RefundContended(ServiceUnavailable):
+    code, title = "refund_contended", "The payment kept changing; the refund will be retried"
+
+
 class EventNotPublished(ServiceUnavailable):
     code, title = "event_not_published", "Kafka did not acknowledge the event"

@@ -13,7 +13,7 @@ from typing import Any
 from bson import ObjectId
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from shared.errors import BadRequest, Forbidden, PaymentNotFound, ValidationFailed
+from shared.errors import BadRequest, ValidationFailed
 from shared.models import Job
 from shared.principal import Principal
 from shared.services import cards, jobs, payments
@@ -126,8 +126,15 @@ def get_card(card_id: str) -> Response:
 @bp.delete("/delete-card/<card_id>")
 def delete_card(card_id: str) -> tuple[Response, int, dict[str, str]]:
     principal = authenticate()
-    card = cards.visible_card(principal, object_id(card_id, "cardId"))
-    return _submit(principal, "card.delete", {}, resource_id=str(card.id))
+    card_id = object_id(card_id, "cardId")
+    # A replay of an Idempotency-Key answers with its job even once the card is gone.
+    return _submit(
+        principal,
+        "card.delete",
+        {},
+        resource_id=card_id,
+        precheck=lambda: cards.visible_card(principal, card_id),
+    )
 
 
 # -- payments ------------------------------------------------------------------
@@ -169,13 +176,14 @@ def find_payment(payment_id: str) -> Response:
 @bp.delete("/delete-payment/<payment_id>")
 def delete_payment(payment_id: str) -> tuple[Response, int, dict[str, str]]:
     principal = authenticate()
-    payment = payments.visible_payment(principal, object_id(payment_id, "paymentId"))
-    if not (principal.is_admin or principal.owns(payment.userId)):
-        # A service token may read payments, not delete them.
-        if principal.reads_all_payments:
-            raise Forbidden("This token may read payments but not delete them.")
-        raise PaymentNotFound(f"No payment {payment_id}.")
-    return _submit(principal, "payment.delete", {}, resource_id=str(payment.id))
+    payment_id = object_id(payment_id, "paymentId")
+    return _submit(
+        principal,
+        "payment.delete",
+        {},
+        resource_id=payment_id,
+        precheck=lambda: payments.deletable_payment(principal, payment_id),
+    )
 
 
 # -- jobs ----------------------------------------------------------------------

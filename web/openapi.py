@@ -100,7 +100,7 @@ CODE_NOTES: dict[str, str] = {
     CheckoutNotFound.code: "no such checkout, or someone else's",
     DuplicateCard.code: "this card number is already registered (by anyone)",
     AlreadyPaid.code: "the checkout is already paid or no longer active; `paymentId` and `links.payment` "
-    "name the existing payment when there is one",
+    "name the existing payment when there is one, `links.job` the job still charging it otherwise",
     InsufficientFunds.code: "the card holds less than the checkout's total; no money moved",
     CardExpired.code: "the card expired before it could be charged",
     IdempotencyKeyReused.code: "this Idempotency-Key was sent before, by the same user, with another request",

@@ -26,6 +26,7 @@ TASK_MODULES = [
     "workers.tasks.payments",
     "workers.tasks.refunds",
     "workers.tasks.outbox",
+    "workers.tasks.maintenance",
 ]
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, Protocol
 
 from bson import ObjectId
@@ -194,3 +195,27 @@ def run(job_id: str, work: Callable[[Job], dict[str, Any]]) -> None:
             return
         succeed(job_id, result)
         log.info("job succeeded")
+
+
+def requeue_stale(sender: TaskSender, older_than: timedelta, extra_job_ids: list[str] | None = None) -> int:
+    """Send again the tasks of jobs nobody moved for ``older_than``; return how many.
+
+    A job can be left behind when the web process dies between storing it and
+    sending its task, or when a worker cannot end it (the database away).  The
+    tasks are idempotent, so sending one again is safe; ``extra_job_ids``
+    names jobs to send regardless (reopened charges).
+    """
+    cutoff = utcnow() - older_than
+    stale = {
+        str(j.id): j.type
+        for j in Job.objects(status__in=[JobStatus.QUEUED, JobStatus.RUNNING], updatedAt__lt=cutoff).only(
+            "id", "type"
+        )
+    }
+    for job in Job.objects(id__in=extra_job_ids or []).only("id", "type"):
+        stale[str(job.id)] = job.type
+    for job_id, job_type in stale.items():
+        Job.objects(id=job_id).update_one(set__updatedAt=utcnow())
+        sender.send_task(TASKS[job_type], args=[job_id])
+        log.warning("requeued stale job %s (%s)", job_id, job_type)
+    return len(stale)

@@ -17,7 +17,7 @@ second worker) resumes where the last attempt stopped:
 from __future__ import annotations
 
 import contextlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -29,6 +29,7 @@ from shared.errors import (
     CardExpired,
     CardNotFound,
     CheckoutNotFound,
+    Forbidden,
     InsufficientFunds,
     PaymentNotFound,
     ServiceError,
@@ -46,11 +47,12 @@ from shared.settings import Settings
 
 
 def _already_paid(payment: Payment) -> AlreadyPaid:
-    link = f"{BASE}/find/{payment.id}"
-    return AlreadyPaid(
-        "This checkout is already paid.",
-        extra={"paymentId": str(payment.id), "links": {"payment": link}},
-    )
+    """409 with where to look: the payment once charged, the job charging it until then."""
+    if payment.state == PaymentState.CHARGED:
+        extra = {"paymentId": str(payment.id), "links": {"payment": f"{BASE}/find/{payment.id}"}}
+        return AlreadyPaid("This checkout is already paid.", extra=extra)
+    links = {"job": f"{BASE}/jobs/{payment.jobId}"}
+    return AlreadyPaid("Another request is paying this checkout.", extra={"links": links})
 
 
 def charge(settings: Settings, job: Job) -> dict[str, Any]:
@@ -189,6 +191,38 @@ def visible_payment(principal: Principal, payment_id: str) -> Payment:
     if payment is None or not (principal.reads_all_payments or principal.owns(payment.userId)):
         raise PaymentNotFound(f"No payment {payment_id}.")
     return payment
+
+
+def deletable_payment(principal: Principal, payment_id: str) -> Payment:
+    """A payment the caller may delete: its owner's or any, for an admin.
+
+    A service token may read payments but not delete them (403); anyone else
+    learns nothing (404).
+    """
+    payment = visible_payment(principal, payment_id)
+    if principal.is_admin or principal.owns(payment.userId):
+        return payment
+    if principal.reads_all_payments:
+        raise Forbidden("This token may read payments but not delete them.")
+    raise PaymentNotFound(f"No payment {payment_id}.")
+
+
+def resume_stale_charges(older_than: timedelta) -> list[str]:
+    """Jobs of charges left pending longer than ``older_than``, reopened to be run again.
+
+    A charge whose retries ran out after it claimed its checkout (say, the
+    database was away for minutes) must not stay half-done: the debit may have
+    happened.  Its job is reopened and resumes the state machine; releasing
+    the checkout instead could race a debit still in flight.
+    """
+    cutoff = utcnow() - older_than
+    reopened = []
+    for payment in Payment.objects(state=PaymentState.PENDING, updatedAt__lt=cutoff).only("jobId"):
+        Job.objects(id=payment.jobId, status="failed").update_one(
+            set__status="queued", set__error=None, set__updatedAt=utcnow()
+        )
+        reopened.append(payment.jobId)
+    return reopened
 
 
 def get_payment(principal: Principal, payment_id: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from shared.errors import (
     OverRefund,
     ProductNotInPayment,
     RefundCardDeleted,
+    RefundContended,
     RefundPaymentNotFound,
 )
 from shared.failpoints import failpoint
@@ -79,32 +80,42 @@ def _apply(
 
 
 def _record(event_id: str, payment_id: str, product_id: str | None, price: Decimal | None) -> Refund:
-    """Record the refund on the payment once (compare-and-set); return its entry."""
+    """Record the refund on the payment once (compare-and-set); return its entry.
+
+    A refund already recorded is returned first, whatever the payment's state
+    now: a retry must finish what its first delivery started.  Deleting a
+    payment only hides it, so its refunds still apply.
+    """
     for _ in range(MAX_CAS_ATTEMPTS):
-        payment = Payment.objects(id=payment_id, state=PaymentState.CHARGED, deletedAt=None).first()
-        if payment is None:
-            raise RefundPaymentNotFound(f"No charged payment {payment_id}.")
-        done = next((r for r in payment.refunds if r.eventId == event_id), None)
+        payment = Payment.objects(id=payment_id).first()
+        done = None if payment is None else next((r for r in payment.refunds if r.eventId == event_id), None)
         if done is not None:
             return done  # recorded by an earlier delivery of this event
+        if payment is None or payment.state != PaymentState.CHARGED:
+            raise RefundPaymentNotFound(f"No charged payment {payment_id}.")
         card = Card.objects(id=payment.creditCardId).only("deletedAt").first()
         if card is None or card.deletedAt is not None:
             raise RefundCardDeleted(f"The card {payment.creditCardId} of payment {payment_id} was deleted.")
-        refund, changes = _plan(payment, event_id, product_id, price)
-        applied = Payment.objects(id=payment_id, version=payment.version).update_one(
+        refund, changes, expected = _plan(payment, event_id, product_id, price)
+        # The filter repeats every value the plan was computed from: a read
+        # is not guaranteed to be a snapshot (tests/conformance), a write's
+        # filter is checked atomically with the write.
+        applied = Payment.objects(id=payment_id, version=payment.version, **expected).update_one(
             push__refunds=refund, inc__version=1, set__updatedAt=utcnow(), **changes
         )
         if applied:
             return refund
-    raise RuntimeError(f"payment {payment_id} kept changing; refund {event_id} will be retried")
+    raise RefundContended(f"Payment {payment_id} kept changing; refund {event_id} will be retried.")
 
 
 def _plan(
     payment: Payment, event_id: str, product_id: str | None, price: Decimal | None
-) -> tuple[Refund, dict[str, Any]]:
+) -> tuple[Refund, dict[str, Any], dict[str, Any]]:
+    """The refund entry, the payment's changes, and the values they were computed from."""
     total = money(payment.totalPrice)
     refunded = money(payment.refundedAmount)
     remaining = total - refunded
+    expected: dict[str, Any] = {"refundedAmount": refunded}
     if product_id is None:
         if remaining <= 0:
             raise NothingToRefund(f"Payment {payment.id} is already refunded in full.")
@@ -113,16 +124,19 @@ def _plan(
             changes[f"set__products__{i}__refundedQuantity"] = item.quantity
             changes[f"set__products__{i}__isRefunded"] = True
         refund = Refund(eventId=event_id, kind="order", amount=remaining, at=utcnow())
-        return refund, changes
+        return refund, changes, expected
     if price is None:  # pragma: no cover - refund_product always passes one
         raise ValueError("a product refund needs a price")
     index = next((i for i, p in enumerate(payment.products) if p.productId == product_id), None)
     if index is None:
         raise ProductNotInPayment(f"Payment {payment.id} has no product {product_id}.")
     product = payment.products[index]
-    units = price / money(product.price)
+    unit = money(product.price)
+    if unit <= 0:
+        raise NotWholeUnits(f"Product {product_id} was free: there are no units to refund.")
+    units = price / unit
     if units != units.to_integral_value() or units < 1:
-        raise NotWholeUnits(f"{price} is not a whole number of units of {money(product.price)}.")
+        raise NotWholeUnits(f"{price} is not a whole number of units of {unit}.")
     quantity = int(units)
     left = product.quantity - product.refundedQuantity
     if quantity > left or price > remaining:
@@ -135,10 +149,11 @@ def _plan(
         "set__refundedAmount": new_refunded,
         "set__refunded": new_refunded == total,
     }
+    expected[f"products__{index}__refundedQuantity"] = product.refundedQuantity
     refund = Refund(
         eventId=event_id, kind="product", productId=product_id, quantity=quantity, amount=price, at=utcnow()
     )
-    return refund, changes
+    return refund, changes, expected
 
 
 def _credit(payment: Payment, refund: Refund) -> None:

@@ -167,7 +167,7 @@ class World:
 
     def start_worker(self, name: str = "fault") -> Any:
         node = f"{name}{self.prefix[-3:-1]}"
-        proc = start_worker(node, concurrency=1, queues="payments,cards,refunds", env=self.env)
+        proc = start_worker(node, concurrency=1, queues="payments,cards,refunds,maintenance", env=self.env)
         self.log = servers.STACK_DIR / "logs" / f"test-worker-{node}-{RUN_ID}.log"
         wait_until(lambda: self.celery.control.ping(timeout=1), timeout=60, message="fault worker answers")
         return proc

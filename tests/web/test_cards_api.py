@@ -666,3 +666,16 @@ def test_the_same_idempotency_key_from_another_user_is_independent(
     assert carol_job["result"]["cardUserId"] == carol.user_id
     assert jobs_of(mongo, alice.user_id) == 1
     assert jobs_of(mongo, carol.user_id) == 1
+
+
+def test_an_idempotent_delete_replayed_after_the_card_is_gone_answers_with_the_same_job(
+    client: Client,
+) -> None:
+    card = client.add_card(money=5)
+    headers = {"Idempotency-Key": f"del-{card['id']}"}
+    first = client.wait(client.call("DELETE", f"/delete-card/{card['id']}", headers=headers))
+    assert first["status"] == "succeeded"
+    replay = client.call("DELETE", f"/delete-card/{card['id']}", headers=headers)
+    assert replay.status_code in (200, 202)
+    assert replay.json()["id"] == first["id"]
+    assert client.call("DELETE", f"/delete-card/{card['id']}").status_code == 404

@@ -22,7 +22,13 @@ from kafka.structs import OffsetAndMetadata
 from shared import events
 from shared.logs import log_context
 from shared.settings import Settings
-from workers.bridge.messages import BadMessage, OrderRefunded, ProductRefunded, decode
+from workers.bridge.messages import (
+    BadMessage,
+    OrderRefunded,
+    ProductRefunded,
+    decode,
+    scrub_card_numbers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +96,7 @@ class RefundBridge:
         eid = event_id(record)
         # The original value travels along, so a worker that finds the event
         # inapplicable can dead-letter it byte for byte.
-        raw = record.value.decode("utf-8", errors="replace")
+        raw = scrub_card_numbers(record.value).decode("utf-8", errors="replace")
         self.celery.send_task(task, kwargs={"event_id": eid, **kwargs, "raw": raw})
         log.info("refund event handed over", extra={"fields": {"event_id": eid, "task": task}})
 
@@ -105,7 +111,11 @@ class RefundBridge:
                     except BadMessage as problem:
                         # Acknowledged by Kafka before the offset moves on.
                         events.dead_letter(
-                            self.settings, record.value, event_id(record), problem.reason, problem.detail
+                            self.settings,
+                            scrub_card_numbers(record.value),
+                            event_id(record),
+                            problem.reason,
+                            problem.detail,
                         )
                 return
             except Exception:

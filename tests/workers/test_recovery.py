@@ -1,0 +1,79 @@
+"""Jobs left behind are sent again; a charge that ran out of retries is resumed, not abandoned."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from bson import ObjectId
+
+from shared.errors import ServiceUnavailable
+from shared.models import Card, Job, LedgerEntry, Payment, PaymentState
+from shared.services import jobs
+from tests.conftest import stop_worker
+from tests.support import wait_until
+from tests.web.conftest import Client
+
+
+class DyingWebProcess:
+    """A task sender that stores nothing in the broker: the web died right after storing the job."""
+
+    def send_task(self, _name: str, _args: Any = None, **_options: Any) -> None:
+        return None
+
+
+def test_a_job_stored_but_never_sent_is_sent_again_and_runs(client: Client, celery_app: Any) -> None:
+    job, created = jobs.submit(
+        DyingWebProcess(),
+        job_type="card.delete",
+        owner=client.user_id,
+        params={},
+        resource_id=client.add_card(money=5)["id"],
+        req_hash="h",
+        idempotency_key=None,
+    )
+    assert created
+    assert Job.objects.get(id=job.id).status == "queued"
+    sent = celery_app.send_task("jobs.requeue_stale", kwargs={"older_than_seconds": 0}, ignore_result=False)
+    assert sent.get(timeout=30) >= 1
+    wait_until(lambda: Job.objects.get(id=job.id).status == "succeeded", timeout=60, message="job ran")
+    assert Card.objects.get(id=job.resourceId).deletedAt is not None
+
+
+@pytest.mark.slow
+def test_a_charge_that_ran_out_of_retries_after_its_debit_is_resumed_and_debits_once(
+    world_factory: Callable[..., Any], seed_checkout: Callable[..., dict[str, Any]]
+) -> None:
+    world = world_factory(failpoints="stall:charge.after_debit")
+    client = Client(world.api.url)
+    card = client.add_card(money=100)
+    checkout = seed_checkout(client.user_id, total="59.97")
+    job_id = client.pay(checkout["_id"], card["id"]).json()["id"]
+    wait_until(lambda: Card.objects.get(id=card["id"]).debits, timeout=60, message="debit applied")
+    # The worker is lost, and the job was ended as its retries ran out.
+    stop_worker(world.worker, signal.SIGKILL)
+    Job.objects(id=job_id).update_one(set__status="running")
+    jobs.fail(job_id, ServiceUnavailable("the database did not answer"))
+    assert Payment.objects.get(checkoutId=checkout["_id"]).state == PaymentState.PENDING
+    world.worker = world.start_worker("fault-c")
+    world.celery.send_task("jobs.requeue_stale", kwargs={"older_than_seconds": 0})
+    wait_until(lambda: Job.objects.get(id=job_id).status == "succeeded", timeout=90, message="resumed")
+    payment = Payment.objects.get(checkoutId=checkout["_id"])
+    assert payment.state == PaymentState.CHARGED
+    stored = Card.objects.get(id=card["id"])
+    assert stored.money == Decimal("40.03")
+    assert stored.debits == [str(payment.id)]
+    assert LedgerEntry.objects(cardId=card["id"]).count() == 1
+
+
+def test_a_stale_sweep_leaves_ended_jobs_alone(client: Client, celery_app: Any) -> None:
+    card = client.add_card(money=5)
+    ended = Job.objects(ownerId=client.user_id, status="succeeded").first()
+    before = ended.updatedAt
+    celery_app.send_task("jobs.requeue_stale", kwargs={"older_than_seconds": 0}, ignore_result=False).get(30)
+    assert Job.objects.get(id=ended.id).updatedAt == before
+    assert Card.objects.get(id=card["id"]).deletedAt is None
+    assert ObjectId.is_valid(str(ended.id))

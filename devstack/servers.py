@@ -139,11 +139,20 @@ class Server:
         return STACK_DIR / "logs" / f"{self.name}.log"
 
     def pid(self) -> int | None:
+        """The server's pid, if it runs; a stale pid file naming another program is ignored."""
         try:
             pid = int(self.pid_file.read_text())
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        if not _alive(pid):
+            return None
+        try:
+            program = Path(self.command()[0]).name.encode()
+            if program not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return None  # the pid was reused by something that is not ours
+        except OSError:
+            return None
+        return pid
 
     def start(self) -> None:
         self.prepare()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from decimal import Decimal
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None, celery: Any = None) -> Flask:
 
         celery = create_celery(settings)
     app.extensions["celery"] = celery
+    app.extensions["job_waiters"] = threading.BoundedSemaphore(max(1, settings.web_threads // 2))
     db.connect(settings)
     register_error_handlers(app)
     init_auth(app, settings)

@@ -8,6 +8,7 @@ seconds pass.
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 from bson import ObjectId
@@ -54,7 +55,14 @@ def _prefer_wait() -> int:
 def _job_response(job: Job) -> tuple[Response, int, dict[str, str]]:
     wait = _prefer_wait()
     if wait and not job.ended:
-        job = jobs.wait_for_end(job, wait)
+        # Waiting holds a server thread: at most half of them wait at once, so
+        # waiting clients can never starve the others; the rest answer at once.
+        waiters: threading.BoundedSemaphore = current_app.extensions["job_waiters"]
+        if waiters.acquire(blocking=False):
+            try:
+                job = jobs.wait_for_end(job, wait)
+            finally:
+                waiters.release()
     headers = {"Location": f"{BASE}/jobs/{job.id}"}
     if job.ended:
         return jsonify(job_view(job)), 200 if wait else 202, headers

@@ -11,7 +11,7 @@ import pytest
 from bson import ObjectId
 
 from shared.models import Card, LedgerEntry, Payment
-from tests.web.conftest import Client
+from tests.web.conftest import Client, luhn_number
 
 
 def dec(value: Any) -> Decimal:
@@ -229,3 +229,40 @@ def test_fifty_concurrent_pays_on_a_card_with_money_for_ten_make_exactly_ten(
     assert len(stored.debits) == 10
     assert sorted(stored.debits) == sorted(j["result"]["id"] for j in succeeded)
     assert LedgerEntry.objects(cardId=card["id"], kind="debit").count() == 10
+
+
+def test_waiting_clients_hold_at_most_half_the_server_threads(settings) -> None:
+    import time
+
+    from tests.conftest import RUN_ID, make_settings
+    from tests.support import ServedApp
+    from web import create_app
+    from workers.app import create_celery
+
+    # No worker consumes this prefix: the job never ends, so a waiting request waits it all out.
+    quiet = make_settings(CELERY_KEY_PREFIX=f"{RUN_ID}nowork:", WEB_THREADS="2")
+    served = ServedApp(create_app(quiet, create_celery(quiet)))
+    client = Client(served.url)
+    body = {
+        "cardHolderName": "Ada",
+        "cardNumber": luhn_number(),
+        "expireDate": "12/39",
+        "cvv": "123",
+        "money": 1,
+    }
+    job = client.call("POST", "/add", json=body).json()
+
+    def timed_get(_: int) -> tuple[int, float]:
+        t0 = time.monotonic()
+        response = client.call("GET", f"/jobs/{job['id']}", headers={"Prefer": "wait=4"})
+        return response.status_code, time.monotonic() - t0
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            results = sorted(pool.map(timed_get, range(2)), key=lambda r: r[1])
+    finally:
+        served.close()
+    (fast_status, fast), (slow_status, slow) = results
+    assert fast_status == slow_status == 200  # GET /jobs answers 200 either way
+    assert fast < 2.0
+    assert slow >= 3.5

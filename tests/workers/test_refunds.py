@@ -244,64 +244,70 @@ def celery_ping_drain(settings: Settings) -> None:
         )
 
 
+@pytest.fixture
+def isolated(settings: Settings) -> Iterator[Settings]:
+    """Refund topics of this test alone, so that only its own bridges read them."""
+    from kafka import KafkaAdminClient
+
+    from shared.kafka import ensure_topics
+    from tests.conftest import make_settings
+
+    iso = make_settings(KAFKA_TOPIC_PREFIX=f"{settings.kafka_topic_prefix}iso{uuid.uuid4().hex[:6]}.")
+    ensure_topics(iso)
+    yield iso
+    admin = KafkaAdminClient(bootstrap_servers=iso.kafka_bootstrap)
+    try:
+        admin.delete_topics(iso.all_topics)
+    finally:
+        admin.close()
+
+
 @pytest.mark.slow
 def test_two_bridges_with_a_rebalance_mid_stream_apply_each_of_500_events_once(
-    settings: Settings,
-    bridge: subprocess.Popen[bytes],
-    second_worker: Any,
-    paid: Callable[..., dict[str, Any]],
+    isolated: Settings, second_worker: Any, paid: Callable[..., dict[str, Any]]
 ) -> None:
     units = [{"productId": "u", "quantity": 500, "price": 0.01, "sellerId": "s"}]
     payment = paid(products=units, total="5.00")
     events = [product_refund(payment, "u", 0.01) for _ in range(500)]
-    kcat_produce(settings, settings.topic_product_refunded, events[:200])
-    with bridge_process() as second:  # joins the group: partitions move mid-stream
-        kcat_produce(settings, settings.topic_product_refunded, events[200:400])
-        bridge.send_signal(signal.SIGTERM)  # the first leaves: they move again
-        assert bridge.wait(timeout=60) == 0
-        kcat_produce(settings, settings.topic_product_refunded, events[400:])
-        wait_until(
-            lambda: balance(payment) == Decimal("100.00"),
-            timeout=180,
-            interval=0.5,
-            message="500 refunds credited",
-        )
-        assert second.poll() is None
+    env = {"KAFKA_TOPIC_PREFIX": isolated.kafka_topic_prefix}
+    with bridge_process(env) as first:
+        kcat_produce(isolated, isolated.topic_product_refunded, events[:200])
+        wait_until(lambda: stored(payment).refunds, timeout=60, message="the first bridge at work")
+        with bridge_process(env) as second:  # joins the group: partitions move mid-stream
+            kcat_produce(isolated, isolated.topic_product_refunded, events[200:400])
+            first.send_signal(signal.SIGTERM)  # the first leaves: they move again
+            assert first.wait(timeout=60) == 0
+            kcat_produce(isolated, isolated.topic_product_refunded, events[400:])
+            wait_until(lambda: settled(payment, 500), timeout=180, interval=0.5, message="500 applied")
+            assert second.poll() is None
     refunds = stored(payment).refunds
-    assert len(refunds) == 500
     assert len({r.eventId for r in refunds}) == 500
     assert stored(payment).products[0].refundedQuantity == 500
+    assert balance(payment) == Decimal("100.00")
     assert len(Card.objects.get(id=payment["creditCardId"]).credits) == 500
     assert LedgerEntry.objects(paymentId=payment["id"], kind="credit").count() == 500
 
 
 @pytest.mark.slow
 def test_a_bridge_killed_mid_stream_and_restarted_loses_no_event_and_applies_none_twice(
-    settings: Settings, celery_worker: Any, topics: list[str], paid: Callable[..., dict[str, Any]]
+    isolated: Settings, celery_worker: Any, paid: Callable[..., dict[str, Any]]
 ) -> None:
     units = [{"productId": "u", "quantity": 300, "price": 0.01, "sellerId": "s"}]
     payment = paid(products=units, total="3.00")
-    # A group of its own: it first replays what earlier tests sent (changing nothing).
-    group = f"killed-{uuid.uuid4().hex[:6]}"
-    with bridge_process({"KAFKA_BRIDGE_GROUP": group}) as first:
-        wait_until(lambda: _group_caught_up(settings, group), timeout=60, message="bridge joined")
+    env = {"KAFKA_TOPIC_PREFIX": isolated.kafka_topic_prefix}
+    with bridge_process(env) as first:
         kcat_produce(
-            settings,
-            settings.topic_product_refunded,
+            isolated,
+            isolated.topic_product_refunded,
             [product_refund(payment, "u", 0.01) for _ in range(300)],
         )
         wait_until(lambda: stored(payment).refunds, timeout=60, message="some handed over")
         first.send_signal(signal.SIGKILL)
         first.wait()
-    with bridge_process({"KAFKA_BRIDGE_GROUP": group}):
-        wait_until(
-            lambda: balance(payment) == Decimal("100.00"),
-            timeout=120,
-            interval=0.5,
-            message="all 300 credited",
-        )
+    with bridge_process(env):
+        wait_until(lambda: settled(payment, 300), timeout=120, interval=0.5, message="all 300 applied")
     assert len({r.eventId for r in stored(payment).refunds}) == 300
-    assert len(stored(payment).refunds) == 300
+    assert balance(payment) == Decimal("100.00")
     assert len(Card.objects.get(id=payment["creditCardId"]).credits) == 300
 
 

@@ -49,6 +49,7 @@ class RefundBridge:
         settings: Settings,
         celery: Celery,
         consumer: KafkaConsumer | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.celery = celery
@@ -61,7 +62,7 @@ class RefundBridge:
             auto_offset_reset="earliest",
             max_poll_records=100,
         )
-        self.stopping = threading.Event()
+        self.stopping = stopping or threading.Event()
         self._handlers: dict[str, Callable[[ConsumerRecord], None]] = {
             settings.topic(settings.topic_order_refunded): self._order_refunded,
             settings.topic(settings.topic_product_refunded): self._product_refunded,

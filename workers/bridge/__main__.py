@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 
 from shared.logs import configure_logging
 from shared.settings import ConfigurationError, load_settings
 
 
 def main() -> int:
+    # SIGTERM/SIGINT: finish the record in hand, commit it, leave the group.
+    # Installed first, so that a stop during start-up is graceful too.
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
     try:
         settings = load_settings()
     except ConfigurationError as exc:
@@ -19,10 +25,7 @@ def main() -> int:
     from workers.app import create_celery
     from workers.bridge import RefundBridge
 
-    bridge = RefundBridge(settings, create_celery(settings))
-    # SIGTERM/SIGINT: finish the record in hand, commit it, leave the group.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: bridge.stopping.set())
+    bridge = RefundBridge(settings, create_celery(settings), stopping=stopping)
     bridge.run()
     return 0
 

@@ -14,7 +14,7 @@ from shared import db, events
 from shared.errors import RefundRejected, ServiceError, ServiceUnavailable
 from shared.logs import configure_logging, log_context
 from shared.models import Job
-from shared.services import jobs
+from shared.services import inbox, jobs
 from shared.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -104,13 +104,16 @@ class PaymentTask(Task):
         with log_context(event_id=event_id):
             try:
                 work()
+                inbox.settle(event_id, "applied")
             except RefundRejected as rejected:
                 events.dead_letter(self.settings, _raw(raw), event_id, rejected.code, rejected.detail)
+                inbox.settle(event_id, "dead_lettered", rejected.code)
             except Exception as exc:
                 if not isinstance(exc, ServiceError | ConnectionFailure):
                     log.exception("event %s: unexpected error", event_id)
                 if self.request.retries >= self.max_retries:
                     events.dead_letter(self.settings, _raw(raw), event_id, "retries_exhausted", str(exc))
+                    inbox.settle(event_id, "dead_lettered", "retries_exhausted")
                     return
                 countdown = get_exponential_backoff_interval(
                     factor=1, retries=self.request.retries, maximum=self.retry_backoff_max, full_jitter=True

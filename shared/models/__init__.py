@@ -2,6 +2,7 @@
 
 from shared.models.card import Card
 from shared.models.idempotency import IdempotencyRecord
+from shared.models.inbox import RefundEvent
 from shared.models.job import Job, JobStatus
 from shared.models.ledger import LedgerEntry
 from shared.models.payment import Payment, PaymentProduct, PaymentState, Refund
@@ -16,4 +17,5 @@ __all__ = [
     "PaymentProduct",
     "PaymentState",
     "Refund",
+    "RefundEvent",
 ]

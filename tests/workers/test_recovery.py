@@ -11,8 +11,8 @@ import pytest
 from bson import ObjectId
 
 from shared.errors import ServiceUnavailable
-from shared.models import Card, Job, LedgerEntry, Payment, PaymentState
-from shared.services import jobs
+from shared.models import Card, Job, LedgerEntry, Payment, PaymentState, RefundEvent
+from shared.services import inbox, jobs
 from tests.conftest import stop_worker
 from tests.support import wait_until
 from tests.web.conftest import Client
@@ -77,3 +77,21 @@ def test_a_stale_sweep_leaves_ended_jobs_alone(client: Client, celery_app: Any) 
     assert Job.objects.get(id=ended.id).updatedAt == before
     assert Card.objects.get(id=card["id"]).deletedAt is None
     assert ObjectId.is_valid(str(ended.id))
+
+
+def test_a_refund_event_whose_task_was_lost_is_sent_again_from_the_inbox(
+    client: Client, celery_app: Any, seed_checkout: Callable[..., dict[str, Any]]
+) -> None:
+    card = client.add_card(money=100)
+    checkout = seed_checkout(client.user_id, total="59.97")
+    payment = client.wait(client.pay(checkout["_id"], card["id"]))["result"]
+    event_id = f"lost-topic:0:{ObjectId()}"
+    kwargs = {"event_id": event_id, "payment_id": payment["id"], "product_id": "p-1", "price": "19.99"}
+    inbox.hand_over(DyingWebProcess(), event_id, "refunds.refund_product", kwargs)  # the message is lost
+    assert RefundEvent.objects.get(id=event_id).status == "received"
+    celery_app.send_task("jobs.requeue_stale", kwargs={"older_than_seconds": 0})
+    wait_until(
+        lambda: RefundEvent.objects.get(id=event_id).status == "applied", timeout=60, message="applied"
+    )
+    assert Card.objects.get(id=card["id"]).money == Decimal("60.02")
+    assert Card.objects.get(id=card["id"]).credits == [event_id]

@@ -21,6 +21,7 @@ from kafka.structs import OffsetAndMetadata
 
 from shared import events
 from shared.logs import log_context
+from shared.services import inbox
 from shared.settings import Settings
 from workers.bridge.messages import (
     BadMessage,
@@ -98,7 +99,7 @@ class RefundBridge:
         # The original value travels along, so a worker that finds the event
         # inapplicable can dead-letter it byte for byte.
         raw = scrub_card_numbers(record.value).decode("utf-8", errors="replace")
-        self.celery.send_task(task, kwargs={"event_id": eid, **kwargs, "raw": raw})
+        inbox.hand_over(self.celery, eid, task, {"event_id": eid, **kwargs, "raw": raw})
         log.info("refund event handed over", extra={"fields": {"event_id": eid, "task": task}})
 
     def handle(self, record: ConsumerRecord) -> None:

@@ -22,9 +22,11 @@ def main() -> int:
         print(exc, file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    from shared import db
     from workers.app import create_celery
     from workers.bridge import RefundBridge
 
+    db.connect(settings)  # the refund inbox
     bridge = RefundBridge(settings, create_celery(settings), stopping=stopping)
     bridge.run()
     return 0

@@ -1,0 +1,45 @@
+"""The refund inbox: hand-over, settlement and the sweep that sends again what got lost."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from shared.models import RefundEvent
+from shared.models.base import utcnow
+from shared.services.jobs import TaskSender
+
+log = logging.getLogger(__name__)
+
+
+def hand_over(sender: TaskSender, event_id: str, task: str, kwargs: dict[str, Any]) -> None:
+    """Record the event (once), then send its task; the bridge commits the offset after this."""
+    now = utcnow()
+    RefundEvent.objects(id=event_id).update_one(
+        upsert=True,
+        set_on_insert__task=task,
+        set_on_insert__kwargs=kwargs,
+        set_on_insert__status="received",
+        set_on_insert__receivedAt=now,
+        set__updatedAt=now,
+    )
+    sender.send_task(task, kwargs=kwargs)
+
+
+def settle(event_id: str, status: str, reason: str | None = None) -> None:
+    RefundEvent.objects(id=event_id, status="received").update_one(
+        set__status=status, set__reason=reason, set__updatedAt=utcnow()
+    )
+
+
+def requeue_stale(sender: TaskSender, older_than: timedelta, limit: int = 1000) -> int:
+    """Send again every event still unsettled after ``older_than`` (refund tasks are idempotent)."""
+    cutoff = utcnow() - older_than
+    count = 0
+    for event in RefundEvent.objects(status="received", updatedAt__lt=cutoff).limit(limit):
+        RefundEvent.objects(id=event.id).update_one(set__updatedAt=utcnow())
+        sender.send_task(event.task, kwargs=event.kwargs)
+        log.warning("requeued unsettled refund event %s", event.id)
+        count += 1
+    return count

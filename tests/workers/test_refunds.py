@@ -199,9 +199,12 @@ def test_a_replay_of_the_whole_topic_from_the_beginning_changes_nothing(
     settings: Settings, bridge: Any, paid: Callable[..., dict[str, Any]]
 ) -> None:
     payment = paid()
+    # One after the other: the topics are not ordered with each other, and an
+    # order refund first would leave nothing for the product refund.
     kcat_produce(settings, settings.topic_product_refunded, [product_refund(payment, "p-1", 19.99)])
+    wait_until(lambda: settled(payment, 1), timeout=60, message="product refunded")
     kcat_produce(settings, settings.topic_order_refunded, [order_refund(payment)])
-    wait_until(lambda: settled(payment, 2), timeout=60, message="refunded")
+    wait_until(lambda: settled(payment, 2), timeout=60, message="the rest refunded")
     before = stored(payment).to_mongo().to_dict()
     # A new consumer group reads both topics again from offset 0.
     group = f"replay-{uuid.uuid4().hex[:6]}"

@@ -25,29 +25,18 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import requests
 from bson import ObjectId
 from werkzeug.serving import make_server
 
-from devstack import servers
+from bench.common import drop_run, percentile, run_env
 from devstack.checkout_standin import CheckoutStore, create_standin
 from devstack.tokens import make_token
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = f"bench{uuid.uuid4().hex[:8]}"
-ENV = {
-    "PAYMENT_ENV": "development",
-    "MONGO_URL": f"mongodb://127.0.0.1:{servers.MONGO_PORT}/{RUN}",
-    "JWT_SEC": "bench-jwt-secret-0123456789abcdefghijkl",
-    "CARD_FINGERPRINT_KEY": "bench-card-fingerprint-key-0123456789abcdef",
-    "KAFKA_URI": f"127.0.0.1:{servers.KAFKA_PORT}",
-    "CELERY_BROKER_URL": f"redis://127.0.0.1:{servers.REDIS_PORT}/0",
-    "CELERY_KEY_PREFIX": f"{RUN}:",
-    "KAFKA_TOPIC_PREFIX": f"{RUN}.",
-    "LOG_LEVEL": "WARNING",
-}
+ENV = run_env(RUN)
 
 
 def free_port() -> int:
@@ -56,11 +45,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -151,23 +135,7 @@ class Stack:
         for proc in self.procs:
             proc.wait(timeout=30)
         self.standin.shutdown()
-        import redis
-        from pymongo import MongoClient
-
-        mongo: MongoClient[dict[str, Any]]
-        with MongoClient(ENV["MONGO_URL"]) as mongo:
-            mongo.drop_database(RUN)
-        with redis.Redis.from_url(ENV["CELERY_BROKER_URL"]) as client:
-            keys = list(client.scan_iter(f"{RUN}:*"))
-            if keys:
-                client.delete(*keys)
-        from kafka import KafkaAdminClient
-
-        admin = KafkaAdminClient(bootstrap_servers=self.celery.settings.kafka_bootstrap)
-        try:
-            admin.delete_topics(self.celery.settings.all_topics)
-        finally:
-            admin.close()
+        drop_run(RUN, ENV, self.celery.settings)
 
 
 def ping_baseline(stack: Stack, count: int) -> list[float]:

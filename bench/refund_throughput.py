@@ -31,27 +31,12 @@ from typing import Any
 from bson import ObjectId
 from kafka import KafkaProducer
 
-from devstack import servers
+from bench.common import drop_run, percentile, run_env
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = f"rbench{uuid.uuid4().hex[:8]}"
-ENV = {
-    "PAYMENT_ENV": "development",
-    "MONGO_URL": f"mongodb://127.0.0.1:{servers.MONGO_PORT}/{RUN}",
-    "JWT_SEC": "bench-jwt-secret-0123456789abcdefghijkl",
-    "CARD_FINGERPRINT_KEY": "bench-card-fingerprint-key-0123456789abcdef",
-    "KAFKA_URI": f"127.0.0.1:{servers.KAFKA_PORT}",
-    "CELERY_BROKER_URL": f"redis://127.0.0.1:{servers.REDIS_PORT}/0",
-    "CELERY_KEY_PREFIX": f"{RUN}:",
-    "KAFKA_TOPIC_PREFIX": f"{RUN}.",
-    "LOG_LEVEL": "WARNING",
-}
+ENV = run_env(RUN)
 PAYMENTS = 50
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def start(args: list[str]) -> subprocess.Popen[bytes]:
@@ -202,7 +187,7 @@ def main() -> int:
             os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
             proc.wait(timeout=60)
-        _cleanup(settings)
+        drop_run(RUN, ENV, settings)
     rates = [r["events_per_s"] for r in runs]
     report = {
         "events_per_run": args.events,
@@ -217,25 +202,6 @@ def main() -> int:
     }
     print(json.dumps(report, indent=2))
     return 0
-
-
-def _cleanup(settings: Any) -> None:
-    import redis
-    from kafka import KafkaAdminClient
-    from pymongo import MongoClient
-
-    mongo: MongoClient[dict[str, Any]]
-    with MongoClient(ENV["MONGO_URL"]) as mongo:
-        mongo.drop_database(RUN)
-    with redis.Redis.from_url(ENV["CELERY_BROKER_URL"]) as client:
-        keys = list(client.scan_iter(f"{RUN}:*"))
-        if keys:
-            client.delete(*keys)
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    try:
-        admin.delete_topics(settings.all_topics)
-    finally:
-        admin.close()
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def _apply(
     failpoint(settings, "refund.after_record", event_id)
     payment = Payment.objects.get(id=payment_id)
     if not refund.credited:
-        _credit(payment, refund)
+        _credit(settings, payment, refund)
         failpoint(settings, "refund.after_credit", event_id)
     # The payment as read holds the refund's bookkeeping already (recorded in step 1).
     applied = _applied_event(payment, refund)
@@ -156,11 +156,12 @@ def _plan(
     return refund, changes, expected
 
 
-def _credit(payment: Payment, refund: Refund) -> None:
+def _credit(settings: Settings, payment: Payment, refund: Refund) -> None:
     amount = money(refund.amount)
     Card.objects(id=payment.creditCardId, credits__ne=refund.eventId).update_one(
         inc__money=amount, push__credits=refund.eventId, set__updatedAt=utcnow()
     )
+    failpoint(settings, "refund.after_card_credit", refund.eventId)
     with contextlib.suppress(NotUniqueError):  # written by an earlier delivery
         LedgerEntry(
             id=f"credit:{refund.eventId}",

@@ -35,13 +35,13 @@ def test_a_worker_process_killed_mid_charge_is_redelivered_and_debits_once(
 ) -> None:
     world = world_factory(failpoints=point)
     client = Client(world.api.url)
-    card = client.add_card(money=100)
+    card = client.add_card(money=1000)  # enough for a second debit, were one repeated
     checkout = seed_checkout(client.user_id, total="59.97")
     job = client.wait(client.pay(checkout["_id"], card["id"]), timeout=90)
     assert job["status"] == "succeeded", job
     # The first attempt died at the failpoint; the redelivered one finished.
     assert job["attempts"] == 2
-    assert_paid_once(card["id"], job["result"]["id"], Decimal("100.00"), Decimal("59.97"))
+    assert_paid_once(card["id"], job["result"]["id"], Decimal("1000.00"), Decimal("59.97"))
 
 
 @pytest.mark.slow
@@ -50,7 +50,7 @@ def test_a_whole_worker_node_killed_mid_charge_is_redelivered_to_another_node(
 ) -> None:
     world = world_factory(failpoints="stall:charge.after_debit")
     client = Client(world.api.url)
-    card = client.add_card(money=100)
+    card = client.add_card(money=1000)  # enough for a second debit, were one repeated
     checkout = seed_checkout(client.user_id, total="59.97")
     response = client.pay(checkout["_id"], card["id"])
     job_id = response.json()["id"]
@@ -64,7 +64,7 @@ def test_a_whole_worker_node_killed_mid_charge_is_redelivered_to_another_node(
     job = client.wait(response, timeout=120)
     assert job["status"] == "succeeded", job
     assert job["attempts"] == 2
-    assert_paid_once(card["id"], job["result"]["id"], Decimal("100.00"), Decimal("59.97"))
+    assert_paid_once(card["id"], job["result"]["id"], Decimal("1000.00"), Decimal("59.97"))
 
 
 @pytest.mark.slow
@@ -74,7 +74,7 @@ def test_a_checkout_service_that_is_down_then_back_delays_the_charge_but_does_no
     port = free_port()
     world = world_factory(checkout_url=f"http://127.0.0.1:{port}")
     client = Client(world.api.url)
-    card = client.add_card(money=100)
+    card = client.add_card(money=1000)  # enough for a second debit, were one repeated
     checkout = seed_checkout(client.user_id, total="10.00")  # in the session's stand-in
     response = client.pay(checkout["_id"], card["id"])
     job_id = response.json()["id"]
@@ -90,14 +90,14 @@ def test_a_checkout_service_that_is_down_then_back_delays_the_charge_but_does_no
         back.close()
     assert job["status"] == "succeeded", job
     assert job["attempts"] >= 3
-    assert_paid_once(card["id"], job["result"]["id"], Decimal("100.00"), Decimal("10.00"))
+    assert_paid_once(card["id"], job["result"]["id"], Decimal("1000.00"), Decimal("10.00"))
 
 
 @pytest.mark.slow
 def test_checkout_service_errors_5xx_are_retried_and_404_is_final(
     client: Client, checkout_service: ServedApp, seed_checkout
 ) -> None:
-    card = client.add_card(money=100)
+    card = client.add_card(money=1000)  # enough for a second debit, were one repeated
     checkout = seed_checkout(client.user_id, total="10.00")
     requests.put(f"{checkout_service.url}/_standin/fault", json={"status": 503, "count": 2}, timeout=5)
     t0 = time.monotonic()

@@ -316,7 +316,7 @@ def test_a_bridge_killed_mid_stream_and_restarted_loses_no_event_and_applies_non
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["refund.after_record", "refund.after_credit"])
+@pytest.mark.parametrize("point", ["refund.after_record", "refund.after_card_credit", "refund.after_credit"])
 def test_a_worker_killed_mid_refund_is_redelivered_and_credits_once(
     point: str,
     settings: Settings,

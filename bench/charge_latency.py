@@ -30,7 +30,7 @@ import requests
 from bson import ObjectId
 from werkzeug.serving import make_server
 
-from bench.common import drop_run, percentile, run_env
+from bench.common import drop_run, percentile, run_env, worker_command
 from devstack.checkout_standin import CheckoutStore, create_standin
 from devstack.tokens import make_token
 
@@ -85,22 +85,7 @@ class Stack:
         for node in ("b1", "b2"):
             self.procs.append(
                 subprocess.Popen(
-                    [
-                        str(bin_dir / "celery"),
-                        "-A",
-                        "workers.celery_app",
-                        "worker",
-                        "--concurrency",
-                        "1",
-                        "-O",
-                        "fair",
-                        "-Q",
-                        "payments,cards,maintenance",
-                        "-n",
-                        f"{node}-{RUN}@%h",
-                        "--loglevel",
-                        "WARNING",
-                    ],
+                    worker_command(f"{node}-{RUN}", "payments,cards,maintenance"),
                     cwd=ROOT,
                     env=env,
                     stdout=subprocess.DEVNULL,

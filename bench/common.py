@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 from devstack import servers
@@ -20,6 +22,27 @@ def run_env(run: str) -> dict[str, str]:
         "KAFKA_TOPIC_PREFIX": f"{run}.",
         "LOG_LEVEL": "WARNING",
     }
+
+
+def worker_command(node: str, queues: str) -> list[str]:
+    """A worker node as ``make dev`` runs them: one pool process, fair scheduling."""
+    celery = str(Path(sys.executable).parent / "celery")
+    return [
+        celery,
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--concurrency",
+        "1",
+        "-O",
+        "fair",
+        "-Q",
+        queues,
+        "-n",
+        f"{node}@%h",
+        "--loglevel",
+        "WARNING",
+    ]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -31,7 +31,7 @@ from typing import Any
 from bson import ObjectId
 from kafka import KafkaProducer
 
-from bench.common import drop_run, percentile, run_env
+from bench.common import drop_run, percentile, run_env, worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = f"rbench{uuid.uuid4().hex[:8]}"
@@ -149,29 +149,9 @@ def main() -> int:
     celery = create_celery(settings)
     logging.getLogger().setLevel(logging.WARNING)
     payment_ids = seed(units=args.events * args.runs + 200)
-    bin_dir = Path(sys.executable).parent
     procs = [start([sys.executable, "-m", "workers.bridge"])]
     for node in ("r1", "r2"):
-        procs.append(
-            start(
-                [
-                    str(bin_dir / "celery"),
-                    "-A",
-                    "workers.celery_app",
-                    "worker",
-                    "--concurrency",
-                    "1",
-                    "-O",
-                    "fair",
-                    "-Q",
-                    "refunds,maintenance",
-                    "-n",
-                    f"{node}-{RUN}@%h",
-                    "--loglevel",
-                    "WARNING",
-                ]
-            )
-        )
+        procs.append(start(worker_command(f"{node}-{RUN}", "refunds,maintenance")))
     try:
         deadline = time.time() + 60
         while len(celery.control.ping(timeout=1)) < 2 and time.time() < deadline:

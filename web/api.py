@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from bson import ObjectId
@@ -77,7 +78,7 @@ def _submit(
     resource_id: str | None,
     *,
     hash_extra: dict[str, Any] | None = None,
-    precheck: Any = None,
+    precheck: Callable[[], object] | None = None,
 ) -> tuple[Response, int, dict[str, str]]:
     assert principal.user_id is not None  # writes always come with a token
     # The request as the client sent it: path (with its ids), query, and the

@@ -82,14 +82,20 @@ class PaymentTask(Task):
                     error = ServiceError("An unexpected error occurred; it has been logged.")
                 self._retry_or_end(job_id, exc, error)
 
+    def _backoff(self) -> int:
+        """Seconds before the next retry: exponential, capped, with full jitter."""
+        return int(
+            get_exponential_backoff_interval(
+                factor=1, retries=self.request.retries, maximum=self.retry_backoff_max, full_jitter=True
+            )
+        )
+
     def _retry_or_end(self, job_id: str, exc: Exception, error: ServiceError) -> None:
         if self.request.retries >= self.max_retries:
             log.warning("job %s: retries exhausted: %s", job_id, error.detail)
             jobs.fail(job_id, error)
             return
-        countdown = get_exponential_backoff_interval(
-            factor=1, retries=self.request.retries, maximum=self.retry_backoff_max, full_jitter=True
-        )
+        countdown = self._backoff()
         log.info("job %s: %s; retry in %ss", job_id, error.code, countdown)
         raise self.retry(exc=exc, countdown=countdown) from None
 
@@ -115,9 +121,7 @@ class PaymentTask(Task):
                     events.dead_letter(self.settings, _raw(raw), event_id, "retries_exhausted", str(exc))
                     inbox.settle(event_id, "dead_lettered", "retries_exhausted")
                     return
-                countdown = get_exponential_backoff_interval(
-                    factor=1, retries=self.request.retries, maximum=self.retry_backoff_max, full_jitter=True
-                )
+                countdown = self._backoff()
                 log.info("event %s: %s; retry in %ss", event_id, exc, countdown)
                 raise self.retry(exc=exc, countdown=countdown) from None
 

@@ -60,7 +60,7 @@ def submit(
     resource_id: str | None,
     req_hash: str,
     idempotency_key: str | None,
-    precheck: Callable[[], None] | None = None,
+    precheck: Callable[[], object] | None = None,
 ) -> tuple[Job, bool]:
     """Record a job and queue its task; return the job and whether it is new.
 

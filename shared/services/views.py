@@ -79,19 +79,17 @@ def payment_view(payment: Payment) -> dict[str, Any]:
     }
 
 
-#: Where each job type's resource is read.
+#: Where the resource a job made is read (deletions make none to link to).
 RESOURCE_LINKS = {
     "card.add": f"{BASE}/get/{{}}",
-    "card.delete": f"{BASE}/get/{{}}",
     "payment.pay": f"{BASE}/find/{{}}",
-    "payment.delete": f"{BASE}/find/{{}}",
 }
 
 
 def job_view(job: Job) -> dict[str, Any]:
     job_id = str(job.id)
     links = {"self": f"{BASE}/jobs/{job_id}"}
-    if job.resourceId and job.status == "succeeded" and job.type in ("card.add", "payment.pay"):
+    if job.resourceId and job.status == "succeeded" and job.type in RESOURCE_LINKS:
         links["resource"] = RESOURCE_LINKS[job.type].format(job.resourceId)
     return {
         "id": job_id,

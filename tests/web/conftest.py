@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import requests
 from bson import ObjectId
+from pymongo import MongoClient
+from pymongo.database import Database
 
 from devstack import servers
 from devstack.tokens import make_token
@@ -78,6 +80,20 @@ class Client:
 
     def pay(self, checkout_id: str, card_id: str, **kwargs: Any) -> requests.Response:
         return self.call("POST", f"/pay/{checkout_id}", params={"cardId": card_id}, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def mongo() -> Iterator[Database[dict[str, Any]]]:
+    """The test database, raw, to see what the service really stored."""
+    client: MongoClient[dict[str, Any]] = MongoClient(TEST_ENV["MONGO_URL"])
+    try:
+        yield client.get_default_database()
+    finally:
+        client.close()
+
+
+def jobs_of(mongo: Database[dict[str, Any]], user_id: str) -> int:
+    return mongo.jobs.count_documents({"ownerId": user_id})
 
 
 @pytest.fixture(scope="session")

@@ -23,13 +23,12 @@ import pytest
 import requests
 from bson import ObjectId
 from jwt.warnings import InsecureKeyLengthWarning
-from pymongo import MongoClient
 from pymongo.database import Database
 
 from shared.settings import Settings
 from tests.conftest import TEST_ENV, make_settings
 from tests.support import ServedApp
-from tests.web.conftest import API, Client, luhn_number, token_for
+from tests.web.conftest import API, Client, jobs_of, luhn_number, token_for
 from web import create_app
 
 #: The ``seed_checkout`` fixture: puts a checkout in the stand-in checkout service.
@@ -141,19 +140,6 @@ def _assert_unauthorized(response: requests.Response) -> None:
 # -- fixtures --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mongo() -> Iterator[Database[dict[str, Any]]]:
-    client: MongoClient[dict[str, Any]] = MongoClient(TEST_ENV["MONGO_URL"])
-    try:
-        yield client.get_default_database()
-    finally:
-        client.close()
-
-
-def _jobs_of(mongo: Database[dict[str, Any]], user_id: str) -> int:
-    return mongo.jobs.count_documents({"ownerId": user_id})
-
-
 @dataclass
 class Owned:
     """User A and a card, a charged payment and a job of A's."""
@@ -263,7 +249,7 @@ def test_the_token_cookie_authenticates_a_json_post(
     job = client.wait(response)
     assert job["status"] == "succeeded", job
     assert job["result"]["cardUserId"] == client.user_id
-    assert _jobs_of(mongo, client.user_id) == 1
+    assert jobs_of(mongo, client.user_id) == 1
 
 
 @pytest.mark.parametrize(
@@ -290,7 +276,7 @@ def test_a_post_authenticated_by_cookie_alone_without_json_content_type_is_refus
     assert response.status_code == 403, response.text
     assert response.headers["Content-Type"] == "application/problem+json"
     assert response.json()["code"] == "csrf_rejected"
-    assert _jobs_of(mongo, client.user_id) == 0
+    assert jobs_of(mongo, client.user_id) == 0
 
 
 def test_a_cookie_authenticated_pay_with_a_form_content_type_is_refused_and_queues_nothing(
@@ -298,7 +284,7 @@ def test_a_cookie_authenticated_pay_with_a_form_content_type_is_refused_and_queu
 ) -> None:
     card = client.add_card()
     checkout = seed_checkout(client.user_id, total="1.00")
-    jobs_before = _jobs_of(mongo, client.user_id)
+    jobs_before = jobs_of(mongo, client.user_id)
     response = requests.post(
         f"{api.url}{API}/pay/{checkout['_id']}",
         params={"cardId": card["id"]},
@@ -309,7 +295,7 @@ def test_a_cookie_authenticated_pay_with_a_form_content_type_is_refused_and_queu
     )
     assert response.status_code == 403, response.text
     assert response.json()["code"] == "csrf_rejected"
-    assert _jobs_of(mongo, client.user_id) == jobs_before
+    assert jobs_of(mongo, client.user_id) == jobs_before
     assert client.call("GET", f"/get/{card['id']}").json()["money"] == 100
 
 
@@ -363,7 +349,7 @@ def test_another_users_resource_is_a_404_indistinguishable_from_a_missing_one(
     assert json.loads(theirs.text.replace(theirs_id, "ID")) == json.loads(
         missing.text.replace(missing_id, "ID")
     )
-    assert _jobs_of(mongo, stranger.user_id) == 0
+    assert jobs_of(mongo, stranger.user_id) == 0
     # And the owner still has it.
     assert owned.owner.call("GET", owned.path(kind)).status_code == 200
 
@@ -438,7 +424,7 @@ def test_a_service_token_sees_no_other_users_card_or_job(
     response = service.call(method, path.format(id=_id_of(owned, kind)))
     assert response.status_code == 404, response.text
     assert response.json()["code"] == code
-    assert _jobs_of(mongo, service.user_id) == 0
+    assert jobs_of(mongo, service.user_id) == 0
 
 
 def test_a_service_token_may_read_but_not_delete_another_users_payment(
@@ -450,7 +436,7 @@ def test_a_service_token_may_read_but_not_delete_another_users_payment(
     assert response.status_code == 403, response.text
     assert response.headers["Content-Type"] == "application/problem+json"
     assert response.json()["code"] == "forbidden"
-    assert _jobs_of(mongo, service.user_id) == 0
+    assert jobs_of(mongo, service.user_id) == 0
     assert owned.owner.call("GET", f"/find/{owned.payment['id']}").status_code == 200
 
 

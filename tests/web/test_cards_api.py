@@ -22,12 +22,11 @@ import pytest
 import redis
 import requests
 from bson import ObjectId, json_util
-from pymongo import MongoClient
 from pymongo.database import Database
 
 from shared.pan import fingerprint
 from tests.conftest import TEST_ENV
-from tests.web.conftest import API, Client, luhn_number
+from tests.web.conftest import API, Client, jobs_of, luhn_number
 
 #: The ``seed_checkout`` fixture: puts a checkout in the stand-in checkout service.
 SeedCheckout = Callable[..., dict[str, Any]]
@@ -67,19 +66,6 @@ def a_past_month() -> str:
     today = datetime.now(UTC).date()
     year, month = (today.year, today.month - 1) if today.month > 1 else (today.year - 1, 12)
     return f"{month:02d}/{year % 100:02d}"
-
-
-@pytest.fixture(scope="module")
-def mongo() -> Iterator[Database[dict[str, Any]]]:
-    client: MongoClient[dict[str, Any]] = MongoClient(TEST_ENV["MONGO_URL"])
-    try:
-        yield client.get_default_database()
-    finally:
-        client.close()
-
-
-def jobs_of(mongo: Database[dict[str, Any]], user_id: str) -> int:
-    return mongo.jobs.count_documents({"ownerId": user_id})
 
 
 def cards_with_number(mongo: Database[dict[str, Any]], number: str) -> list[dict[str, Any]]:

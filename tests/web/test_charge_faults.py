@@ -78,7 +78,9 @@ def test_a_checkout_service_that_is_down_then_back_delays_the_charge_but_does_no
     checkout = seed_checkout(client.user_id, total="10.00")  # in the session's stand-in
     response = client.pay(checkout["_id"], card["id"])
     job_id = response.json()["id"]
-    wait_until(lambda: Job.objects.get(id=job_id).attempts >= 2, timeout=30, message="a retry")
+    # Attempt 3 has started, so attempts 1 and 2 ran (and failed) while the service was down;
+    # bringing it back any earlier could let the attempt in flight succeed at once.
+    wait_until(lambda: Job.objects.get(id=job_id).attempts >= 3, timeout=45, message="two failed attempts")
     assert Job.objects.get(id=job_id).status in ("queued", "running")
     # The checkout service comes back, on the port the worker knows, with the checkout.
     standin = create_standin()

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -21,8 +19,9 @@ from bson import ObjectId
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from shared.settings import Settings
-from tests.conftest import ROOT, RUN_ID
+from tests.conftest import RUN_ID
 from tests.support import wait_until
+from tests.workers.kafka_support import bridge_process
 
 BRIDGE_PREFIX = f"{RUN_ID}bridge:"
 #: A consumer group of its own: other tests' bridges may consume the same topics meanwhile.
@@ -31,18 +30,8 @@ BRIDGE_GROUP = "bridge-contract"
 
 @pytest.fixture
 def bridge(settings: Settings, topics: list[str]) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "CELERY_KEY_PREFIX": BRIDGE_PREFIX, "KAFKA_BRIDGE_GROUP": BRIDGE_GROUP}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workers.bridge"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    yield proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    with bridge_process({"CELERY_KEY_PREFIX": BRIDGE_PREFIX, "KAFKA_BRIDGE_GROUP": BRIDGE_GROUP}) as proc:
+        yield proc
 
 
 def queued_tasks(settings: Settings) -> list[tuple[str, dict[str, object]]]:

@@ -110,8 +110,9 @@ class PaymentProduct(ResponseModel):
 class Payment(ResponseModel):
     """A payment as every read returns it (`GET /find/{paymentId}`, pay job results).
 
-    The seed's fields, with the card number masked and no CVV, plus `_id`,
-    `id`, `refundedAmount` and the timestamps.
+    The seed's fields, with only the card's last four digits (`cardNumber`, a
+    number) and no CVV, plus `_id`, `id`, `last4`, `refundedAmount` and the
+    timestamps.
     """
 
     id_: ObjectIdText = Field(alias="_id", description="The payment's id (the old service's name for it).")
@@ -129,7 +130,18 @@ class Payment(ResponseModel):
     refunded: bool = Field(description="Whether the whole order was refunded.")
     refundedAmount: Money = Field(description="Money given back to the card so far.")
     cardHolderName: str
-    cardNumber: str = Field(pattern=MASKED_NUMBER_PATTERN, examples=["************4242"])
+    cardNumber: int = Field(
+        ge=0,
+        le=9999,
+        description=(
+            "The paid card's last four digits as a JSON number (0042 is 42), as the order service"
+            " stores it (a required `Number`); `last4` keeps them as a string. Never the full number."
+        ),
+        examples=[4242],
+    )
+    last4: str = Field(
+        pattern="^[0-9]{4}$", description="The paid card's last four digits.", examples=["4242"]
+    )
     expireDate: str = Field(pattern=STORED_EXPIRY_PATTERN, examples=["12/30"])
     paymentStatus: bool = Field(description="True once the money is taken (every payment a read shows).")
     createdAt: Timestamp

@@ -25,7 +25,7 @@ import json
 import re
 import unicodedata
 from datetime import UTC, date, datetime
-from decimal import Context, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, NoReturn, TypeVar
 
 from pydantic import (
@@ -40,6 +40,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from shared.errors import BadRequest, ServiceError, ValidationFailed
+from shared.money import MAX_MONEY, client_amount
 from shared.pan import luhn_valid, normalize_pan
 
 M = TypeVar("M", bound=BaseModel)
@@ -48,14 +49,9 @@ M = TypeVar("M", bound=BaseModel)
 #: the limit only keeps hostile input away from recursive code.
 MAX_DEPTH = 32
 
-MAX_MONEY = Decimal("999999999999.99")
-CENT = Decimal("0.01")
 PAN_MIN_DIGITS, PAN_MAX_DIGITS = 12, 19
 HOLDER_NAME_MAX = 100
 
-# Explicit, so that a process-wide decimal context changed elsewhere cannot
-# change how money is rounded or checked here.
-_MONEY_CONTEXT = Context(prec=34, traps=[InvalidOperation])
 
 _OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
 _OBJECT_ID_PATTERN = "^[0-9a-fA-F]{24}$"
@@ -297,28 +293,6 @@ def _cvv(value: Any) -> str:
     return value
 
 
-def _money(value: Any) -> Decimal:
-    # Only JSON numbers: int, or Decimal from parse_json_body.  Strings ("10")
-    # and booleans are wrong types; a float could only come from a caller that
-    # parsed the body with binary floats, which is exactly what must not happen.
-    if isinstance(value, bool) or not isinstance(value, int | Decimal):
-        raise _type_error("a number")
-    amount = Decimal(value)
-    # Decimal("NaN") and Decimal("Infinity") exist even if JSON cannot send them.
-    if not amount.is_finite():
-        raise PydanticCustomError("money_not_finite", "must be a finite number")
-    if amount < 0:
-        raise PydanticCustomError("money_negative", "must not be negative")
-    if amount > MAX_MONEY:
-        raise PydanticCustomError("money_too_large", "must be at most {max}", {"max": str(MAX_MONEY)})
-    # Safe to quantize now that the amount is bounded: at most 14 digits result.
-    cents = amount.quantize(CENT, context=_MONEY_CONTEXT)
-    if cents != amount:
-        raise PydanticCustomError("money_precision", "must have at most 2 decimal places")
-    # -0 and -0.00 are zero; a balance must never print as "-0.00".
-    return cents if cents else Decimal("0.00")
-
-
 def _object_id_value(value: Any) -> str | None:
     if value is None:
         return None
@@ -372,7 +346,7 @@ Cvv = Annotated[
 Money = Annotated[
     Decimal,
     BeforeValidator(
-        _money,
+        client_amount,
         # float for the document only ("type": "number"); the value is a Decimal.
         json_schema_input_type=Annotated[float, Field(ge=0, le=float(MAX_MONEY))],
     ),

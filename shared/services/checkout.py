@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from typing import Annotated
 
 import requests
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import CheckoutNotFound, CheckoutUnavailable, ServiceError
+from shared.money import NeighbourAmount
 from shared.settings import Settings
-
-Amount = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2, allow_inf_nan=False)]
 
 
 class CheckoutInvalid(ServiceError):
@@ -23,7 +21,8 @@ class CheckoutProduct(BaseModel):
     model_config = ConfigDict(extra="ignore")
     productId: str
     quantity: int = Field(1, ge=1)
-    price: Amount
+    #: Unit price, a JavaScript double: read by the neighbour cent rule (shared.money).
+    price: NeighbourAmount
     sellerId: str | None = None
 
 
@@ -39,7 +38,8 @@ class Checkout(BaseModel):
     isGift: bool = False
     status: str = "Pending"
     isActive: bool
-    totalPrice: Amount
+    #: Computed by the checkout service in doubles (5.300000000000001): the neighbour cent rule.
+    totalPrice: NeighbourAmount
     products: list[CheckoutProduct] = Field(default_factory=list)
 
 

@@ -17,7 +17,8 @@ from shared import events
 from shared.errors import EventNotPublished
 from shared.models import Payment, PaymentState
 from shared.models.base import utcnow
-from shared.services.views import money, timestamp
+from shared.money import money
+from shared.services.views import timestamp
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -37,12 +37,13 @@ from shared.errors import (
 from shared.failpoints import failpoint
 from shared.models import Card, Job, LedgerEntry, Payment, PaymentProduct, PaymentState
 from shared.models.base import utcnow
+from shared.money import money
 from shared.pan import mask
 from shared.principal import Principal
 from shared.services import outbox
 from shared.services.cards import is_expired
 from shared.services.checkout import Checkout, fetch_checkout
-from shared.services.views import BASE, money, payment_view
+from shared.services.views import BASE, payment_view
 from shared.settings import Settings
 
 

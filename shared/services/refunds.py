@@ -38,7 +38,7 @@ from shared.errors import (
 from shared.failpoints import failpoint
 from shared.models import Card, LedgerEntry, Payment, PaymentState, Refund
 from shared.models.base import utcnow
-from shared.services.views import money
+from shared.money import money
 from shared.settings import Settings
 
 #: How often a refund is re-planned when a concurrent refund changed the payment.

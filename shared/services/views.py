@@ -9,17 +9,10 @@ from typing import Any
 from bson.decimal128 import Decimal128
 
 from shared.models import Card, Job, Payment
+from shared.money import money
 from shared.pan import mask
 
-CENT = Decimal("0.01")
 BASE = "/api/payment"
-
-
-def money(value: Decimal | Decimal128 | int | str) -> Decimal:
-    """An exact amount with two decimals."""
-    if isinstance(value, Decimal128):
-        value = value.to_decimal()
-    return Decimal(value).quantize(CENT)
 
 
 def timestamp(value: datetime | None) -> str | None:
@@ -45,6 +38,7 @@ def card_view(card: Card) -> dict[str, Any]:
 
 def payment_view(payment: Payment) -> dict[str, Any]:
     payment_id = str(payment.id)
+    last4 = payment_last4(payment)
     return {
         "_id": payment_id,
         "id": payment_id,
@@ -71,12 +65,19 @@ def payment_view(payment: Payment) -> dict[str, Any]:
         "refunded": payment.refunded,
         "refundedAmount": money(payment.refundedAmount),
         "cardHolderName": payment.cardHolderName,
-        "cardNumber": payment.cardNumber,
+        # A number (api.md): the order service stores it in a required Number field.
+        "cardNumber": int(last4),
+        "last4": last4,
         "expireDate": payment.expireDate,
         "paymentStatus": payment.paymentStatus,
         "createdAt": timestamp(payment.createdAt),
         "updatedAt": timestamp(payment.updatedAt),
     }
+
+
+def payment_last4(payment: Payment) -> str:
+    """The last four digits of the paid card (the payment stores the masked number)."""
+    return str(payment.cardNumber)[-4:]
 
 
 #: Where the resource a job made is read (deletions make none to link to).

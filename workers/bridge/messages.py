@@ -1,8 +1,11 @@
 """The refund events of the order service, as they arrive on Kafka.
 
 The order service (kafkajs) sends a JSON object value with no key and no
-headers.  Parsing is strict about what we use and ignores what we do not;
-amounts are parsed as Decimal straight from the JSON text, never via float.
+headers.  Parsing is strict about what we use and ignores what we do not
+(``cardNumber``, whatever its shape: the payment knows its card).  Amounts
+are parsed as Decimal straight from the JSON text, never via float, and
+read by the neighbour cent rule (:mod:`shared.money`): the order service
+computes them in doubles, so 3 x 10.10 arrives as ``30.299999999999997``.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+
+from shared.money import PositiveNeighbourAmount
 
 ObjectIdStr = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{24}$")]
-Money = Annotated[Decimal, Field(gt=0, max_digits=14, decimal_places=2, allow_inf_nan=False)]
 
 
 class BadMessage(ValueError):
@@ -32,7 +36,7 @@ class OrderRefunded(BaseModel):
 
     model_config = ConfigDict(extra="ignore", strict=False)
     paymentId: ObjectIdStr
-    totalPrice: Money | None = None
+    totalPrice: PositiveNeighbourAmount | None = None
     #: The order service always sends true; anything else is not a refund.
     refunded: Literal[True] = True
 
@@ -43,7 +47,7 @@ class ProductRefunded(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=False)
     paymentId: ObjectIdStr
     productId: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    price: Money
+    price: PositiveNeighbourAmount
 
 
 #: The order service's copy of ``cardNumber``: a JSON number or string of 12-19 digits.

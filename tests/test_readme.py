@@ -36,3 +36,12 @@ def test_every_make_target_the_readme_names_exists() -> None:
     targets = set(re.findall(r"^([a-z-]+):", makefile, re.M))
     named = set(re.findall(r"`?make ([a-z-]+)", README))
     assert named <= targets, named - targets
+
+
+def test_the_project_documents_link_only_inside_the_repository() -> None:
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text()
+        for target in re.findall(r"\]\(([^)]+)\)", text):
+            assert not re.match(r"[a-z]+://", target), f"{path.name} links outside: {target}"
+            assert (path.parent / target.split("#")[0]).resolve().is_relative_to(ROOT), target
+            assert (path.parent / target.split("#")[0]).exists(), f"{path.name}: {target} does not exist"

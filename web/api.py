@@ -15,6 +15,7 @@ from typing import Any
 from bson import ObjectId
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from shared import keys
 from shared.errors import BadRequest, ValidationFailed
 from shared.models import Job
 from shared.principal import Principal
@@ -77,15 +78,14 @@ def _submit(
     params: dict[str, Any],
     resource_id: str | None,
     *,
-    hash_extra: dict[str, Any] | None = None,
     precheck: Callable[[], object] | None = None,
 ) -> tuple[Response, int, dict[str, str]]:
     assert principal.user_id is not None  # writes always come with a token
     # The request as the client sent it: path (with its ids), query, and the
     # validated parameters; not ids we generate, which differ on every call.
     req_hash = jobs.request_hash(
-        _settings().card_fingerprint_key.get_secret_value().encode(),
-        {"type": job_type, "path": request.path, **params, **(hash_extra or {})},
+        keys.request_hash_key(_settings()),
+        {"type": job_type, "path": request.path, **params},
     )
     job, _created = jobs.submit(
         current_app.extensions["celery"],
@@ -108,7 +108,7 @@ def add_card() -> tuple[Response, int, dict[str, str]]:
     principal = authenticate()
     body = validate(AddCardRequest, parse_json_body(request.get_data()))
     params = cards.new_card_params(
-        fingerprint_key=_settings().card_fingerprint_key.get_secret_value().encode(),
+        fingerprint_key=keys.fingerprint_key(_settings()),
         holder_name=body.card_holder_name,
         number=body.card_number,
         expire_date=body.expire_date,
@@ -119,9 +119,8 @@ def add_card() -> tuple[Response, int, dict[str, str]]:
         "card.add",
         params,
         resource_id=str(ObjectId()),
-        # The CVV is part of the request (a retry with another CVV is another
-        # request), hashed under the key, and stored nowhere.
-        hash_extra={"cvv": body.cvv.get_secret_value()},
+        # The CVV is checked and dropped: it is in no stored digest either, so
+        # a retry with another CVV is the same request (PCI DSS 3.3.1.2).
         precheck=lambda: cards.ensure_number_is_new(params["fingerprint"]),
     )
 

@@ -44,8 +44,12 @@ class TaskSender(Protocol):
 def request_hash(key: bytes, payload: dict[str, Any]) -> str:
     """A keyed digest of a request, to compare Idempotency-Key replays.
 
-    Keyed (HMAC) because the payload may hold low-entropy card fields: a plain
-    hash stored next to the card's fingerprint could be brute-forced.
+    ``key`` is the request-hash key (``shared.keys.request_hash_key``), never
+    the fingerprint key.  The payload must hold only what is stored anyway
+    (the job's params, the path): the digest is kept beside them, so any
+    low-entropy secret in it (a CVV: 1,000 values) would be found by trying
+    each value.  Keyed (HMAC) all the same, so that the stored digest tells
+    nothing to someone without the key.
     """
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()

@@ -24,7 +24,10 @@ import requests
 from bson import ObjectId, json_util
 from pymongo.database import Database
 
+from shared.keys import request_hash_key
 from shared.pan import fingerprint
+from shared.services.jobs import request_hash
+from shared.settings import Settings
 from tests.conftest import TEST_ENV
 from tests.web.conftest import API, Client, jobs_of, luhn_number
 
@@ -623,10 +626,37 @@ def test_an_idempotency_key_reused_with_another_body_is_422(
     body = card_body()
     first = client.wait(client.call("POST", "/add", json=body, headers={"Idempotency-Key": key}))
     assert first["status"] == "succeeded", first
-    for other in (card_body(), {**body, "money": 101}, {**body, "cvv": "321"}):
+    for other in (card_body(), {**body, "money": 101}, {**body, "expireDate": "11/39"}):
         response = client.call("POST", "/add", json=other, headers={"Idempotency-Key": key})
         assert_problem(response, 422, "idempotency_key_reused")
     assert jobs_of(mongo, client.user_id) == 1
+
+
+def test_an_add_sent_again_with_another_cvv_is_the_same_request_and_no_stored_hash_holds_the_cvv(
+    client: Client, mongo: Database[dict[str, Any]], settings: Settings
+) -> None:
+    # The CVV is in no stored digest: a digest that held it beside the values
+    # it was made from would give it back in 1,000 tries to whoever has the key.
+    key = f"cvv-{ObjectId()}"
+    body = card_body(cvv="123")
+    first = client.wait(client.call("POST", "/add", json=body, headers={"Idempotency-Key": key}))
+    assert first["status"] == "succeeded", first
+    for cvv in ("456", 789):
+        again = client.call("POST", "/add", json={**body, "cvv": cvv}, headers={"Idempotency-Key": key})
+        assert again.status_code in (200, 202), again.text
+        assert again.json()["id"] == first["id"]
+    assert jobs_of(mongo, client.user_id) == 1
+
+    # Both stored digests are made, under the request-hash key, from nothing
+    # but what is stored beside them.
+    job = mongo.jobs.find_one({"_id": ObjectId(first["id"])})
+    assert job is not None
+    expected = request_hash(
+        request_hash_key(settings), {"type": "card.add", "path": f"{API}/add", **job["params"]}
+    )
+    assert job["requestHash"] == expected
+    records = list(mongo.idempotency_keys.find({"jobId": first["id"]}))
+    assert [record["requestHash"] for record in records] == [expected]
 
 
 def test_the_same_idempotency_key_from_another_user_is_independent(

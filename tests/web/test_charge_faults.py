@@ -12,6 +12,7 @@ from decimal import Decimal
 
 import pytest
 import requests
+from bson import ObjectId
 
 from devstack.checkout_standin import create_standin
 from shared.models import Card, Job, LedgerEntry, Payment
@@ -107,3 +108,7 @@ def test_checkout_service_errors_5xx_are_retried_and_404_is_final(
     assert job["status"] == "succeeded", job
     assert job["attempts"] == 3
     assert time.monotonic() - t0 < 30
+    # A checkout the service does not know (404) ends the job at its first attempt.
+    missing = client.wait(client.pay(str(ObjectId()), card["id"]), timeout=60)
+    assert (missing["status"], missing["error"]["code"]) == ("failed", "checkout_not_found"), missing
+    assert missing["attempts"] == 1

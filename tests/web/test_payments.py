@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
-from shared.models import Card, LedgerEntry, Payment
+from shared.models import Card, LedgerEntry, Payment, PaymentState
 from tests.web.conftest import Client, luhn_number
 
 
@@ -102,6 +102,7 @@ def test_an_unknown_or_foreign_checkout_ends_the_job_checkout_not_found(
     assert job["status"] == "failed"
     assert job["error"]["status"] == 404
     assert job["error"]["code"] == "checkout_not_found"
+    assert job["attempts"] == 1  # final: never retried
     assert card_doc(card["id"]).money == Decimal("100.00")
 
 
@@ -154,7 +155,8 @@ def test_insufficient_funds_changes_nothing_and_frees_the_checkout(client: Clien
     job = client.wait(client.pay(checkout["_id"], poor["id"]))
     assert (job["error"]["status"], job["error"]["code"]) == (402, "insufficient_funds")
     assert card_doc(poor["id"]).money == Decimal("10.00")
-    assert client.call("GET", f"/find/{ObjectId()}").status_code == 404
+    assert LedgerEntry.objects(cardId=poor["id"]).count() == 0
+    assert Payment.objects(checkoutId=checkout["_id"], state=PaymentState.CHARGED).count() == 0
     retry = client.wait(client.pay(checkout["_id"], rich["id"]))
     assert retry["status"] == "succeeded", retry
     assert card_doc(rich["id"]).money == Decimal("940.03")

@@ -47,8 +47,12 @@ def test_a_product_refund_is_read_with_an_exact_decimal_price() -> None:
     [
         (b'{"cardNumber":4242424242424242,"price":1}', b'{"cardNumber":"************4242","price":1}'),
         (b'{"cardNumber":"4242 4242 4242 4242"}', b'{"cardNumber":"************4242"}'),
-        (b'{"cardNumber": "378282246310005"}', b'{"cardNumber": "************0005"}'),
-        (b"junk 4111111111111111 junk", b'junk "************1111" junk'),
+        (b'{"cardNumber": "378282246310005"}', b'{"cardNumber":"************0005"}'),
+        (b'{"cardNumber":"4242  4242  4242  4242"}', b'{"cardNumber":"************4242"}'),
+        (b'{"cardNumber":"4242.4242.4242.4242"}', b'{"cardNumber":"************4242"}'),
+        (b'{"cardNumber":4.242424242424242e15}', b'{"cardNumber":"************4242"}'),
+        (b'{"note":"ab4242424242424242"}', b'{"note":"ab************4242"}'),
+        (b"junk 4111111111111111 junk", b"junk ************1111 junk"),
     ],
 )
 def test_card_numbers_are_masked_before_a_message_travels_on(value: bytes, expected: bytes) -> None:

@@ -11,13 +11,14 @@ computes them in doubles, so 3 x 10.10 arrives as ``30.299999999999997``.
 from __future__ import annotations
 
 import json
-import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from shared.money import PositiveNeighbourAmount
+
+from shared.pan import scrub_message
 
 ObjectIdStr = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{24}$")]
 
@@ -50,29 +51,15 @@ class ProductRefunded(BaseModel):
     price: PositiveNeighbourAmount
 
 
-#: The order service's copy of ``cardNumber``: a JSON number or string of 12-19 digits.
-_CARD_NUMBER_FIELD = re.compile(rb'("cardNumber"\s*:\s*)"?(\d(?:[ -]?\d){11,18})"?')
-#: Any other run of 13-19 digits standing alone (an amount has at most 12
-#: before its point; a run inside a hexadecimal id is not a card number).
-_DIGIT_RUN = re.compile(rb'(?<![0-9A-Fa-f.])"?\d(?:[ -]?\d){12,18}"?(?![0-9A-Fa-f.])')
-
-
-def _masked(digits: bytes) -> bytes:
-    return b'"************' + re.sub(rb"\D", b"", digits)[-4:] + b'"'
-
-
 def scrub_card_numbers(value: bytes | None) -> bytes:
-    """The message with card numbers masked, as our own answers show them.
+    """The message with card numbers masked (``shared.pan.scrub_message``).
 
     Old product refunds carry a ``cardNumber`` copied from the old service's
     answers, which returned it in clear.  We never use it, and it must not
     travel on into task messages, Flower or the dead-letter topic.  A message
     without one is returned unchanged, byte for byte.
     """
-    if not value:
-        return b""
-    value = _CARD_NUMBER_FIELD.sub(lambda m: m.group(1) + _masked(m.group(2)), value)
-    return _DIGIT_RUN.sub(lambda m: _masked(m.group(0)), value)
+    return scrub_message(value)
 
 
 def decode(value: bytes | None, model: type[BaseModel]) -> Any:

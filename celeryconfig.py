@@ -5,6 +5,7 @@ What depends on the environment (broker URL, key prefix) is applied on top by
 the same everywhere.  Task names are public API: routes match them by prefix.
 """
 
+from celery.schedules import crontab
 from kombu.entity import Queue
 
 # Messages carry ids and plain JSON, never pickles.
@@ -32,6 +33,7 @@ task_routes = {
     "outbox.*": {"queue": "maintenance"},
     "system.*": {"queue": "maintenance"},
     "jobs.*": {"queue": "maintenance"},
+    "maintenance.*": {"queue": "maintenance"},
 }
 
 # A worker takes one message at a time per process: a crash loses (and the
@@ -53,10 +55,17 @@ broker_connection_retry_on_startup = True
 worker_send_task_events = True
 task_send_sent_event = True
 
-# Celery beat: the outbox of payment-accepted events is swept every few seconds.
+# Celery beat: the outbox of payment-accepted events is swept every few seconds;
+# the money is reconciled once a day.
 beat_schedule = {
     "publish-accepted-events": {"task": "outbox.publish_accepted", "schedule": 5.0},
     "requeue-stale-jobs": {"task": "jobs.requeue_stale", "schedule": 60.0},
+    # A job still queued after JOB_UNSTARTED_REQUEUE_SECONDS lost its message
+    # (a Redis crash loses its last second of writes): sent again soon, not
+    # after the 10 minutes of the stale sweep.
+    "requeue-unstarted-jobs": {"task": "jobs.requeue_unstarted", "schedule": 20.0},
+    # Reads only; its discrepancies go to the logs as errors.
+    "reconcile-daily": {"task": "maintenance.reconcile", "schedule": crontab(hour=3, minute=17)},
 }
 
 worker_hijack_root_logger = False

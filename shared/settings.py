@@ -100,6 +100,13 @@ class Settings(BaseSettings):
         validation_alias="CELERY_VISIBILITY_TIMEOUT",
         description="Seconds after which Redis redelivers a task a dead worker had taken.",
     )
+    job_unstarted_requeue_seconds: float = Field(
+        45.0,
+        ge=5,
+        le=600,
+        validation_alias="JOB_UNSTARTED_REQUEUE_SECONDS",
+        description="A job no worker started after this many seconds is sent again (its message was lost).",
+    )
     checkout_service_url: HttpUrl = Field(
         HttpUrl("http://127.0.0.1:8090"),
         validation_alias="CHECKOUT_SERVICE_URL",

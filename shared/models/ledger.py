@@ -10,13 +10,21 @@ from shared.models.base import utcnow
 
 
 class LedgerEntry(Document):
-    """One debit or credit; ``_id`` names its cause so it is written once."""
+    """One money movement; ``_id`` names its cause so it is written once.
 
-    meta: ClassVar[dict[str, Any]] = {"collection": "ledger", "indexes": [{"fields": ["cardId"]}]}
+    ``open:<cardId>`` is the balance a card was added with, ``debit:<paymentId>``
+    a charge, ``credit:<eventId>`` a refund: a card's balance is always its
+    opening plus its credits minus its debits (``python -m workers.reconcile``).
+    """
 
-    id = StringField(primary_key=True)  # "debit:<paymentId>" / "credit:<eventId>"
+    meta: ClassVar[dict[str, Any]] = {
+        "collection": "ledger",
+        "indexes": [{"fields": ["cardId"]}, {"fields": ["paymentId"]}],
+    }
+
+    id = StringField(primary_key=True)  # "open:<cardId>" / "debit:<paymentId>" / "credit:<eventId>"
     cardId = StringField(required=True)
-    kind = StringField(required=True, choices=["debit", "credit"])
+    kind = StringField(required=True, choices=["open", "debit", "credit"])
     amount = Decimal128Field(required=True, precision=2)
-    paymentId = StringField(required=True)
+    paymentId = StringField()  # none for an opening
     at = DateTimeField(default=utcnow, required=True)

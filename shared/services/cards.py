@@ -7,6 +7,7 @@ dropped (it is never needed after validation, and PCI DSS forbids keeping it).
 
 from __future__ import annotations
 
+import contextlib
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from mongoengine.errors import NotUniqueError
 
 from shared.errors import CardNotFound, DuplicateCard
-from shared.models import Card, Job
+from shared.models import Card, Job, LedgerEntry
 from shared.models.base import utcnow
 from shared.pan import card_brand, fingerprint
 from shared.principal import Principal
@@ -42,7 +43,12 @@ def ensure_number_is_new(card_fingerprint: str) -> None:
 
 
 def add_card(job: Job) -> dict[str, Any]:
-    """Store the job's card under the id the job reserved (so a retry finds it)."""
+    """Store the job's card under the id the job reserved (so a retry finds it).
+
+    Its opening balance is written to the ledger (``open:<cardId>``) before the
+    job ends, also by a retry that finds the card stored, so reconciliation
+    knows what the card started with.
+    """
     params = job.params
     card = Card(
         id=job.resourceId,
@@ -59,10 +65,17 @@ def add_card(job: Job) -> dict[str, Any]:
     except NotUniqueError:
         existing = Card.objects(id=job.resourceId).first()
         if existing is not None:  # this job stored it before a crash or redelivery
+            _record_opening(str(existing.id), Decimal(params["money"]))
             return card_view(existing)
         raise DuplicateCard("A card with this number is already registered.") from None
+    _record_opening(str(card.id), Decimal(params["money"]))
     card.reload()  # as stored (MongoDB keeps milliseconds), so the result equals what reads show
     return card_view(card)
+
+
+def _record_opening(card_id: str, amount: Decimal) -> None:
+    with contextlib.suppress(NotUniqueError):  # written by an earlier attempt
+        LedgerEntry(id=f"open:{card_id}", cardId=card_id, kind="open", amount=amount).save(force_insert=True)
 
 
 def visible_card(principal: Principal, card_id: str) -> Card:

@@ -223,3 +223,28 @@ def requeue_stale(sender: TaskSender, older_than: timedelta, extra_job_ids: list
         sender.send_task(TASKS[job_type], args=[job_id])
         log.warning("requeued stale job %s (%s)", job_id, job_type)
     return len(stale)
+
+
+def requeue_unstarted(sender: TaskSender, older_than: timedelta, limit: int = 1000) -> int:
+    """Send again the tasks of jobs still ``queued`` after ``older_than``; return how many.
+
+    A job no worker has started within that time most likely lost its task
+    message: a broker that crashes loses its last second of writes (Redis'
+    append-only file is synced every second), after the web had answered
+    202.  Sending it again is safe (every job task is idempotent; a job that
+    has ended ignores its message); a job merely waiting in a long queue gets
+    one more message, at most once per ``older_than``, as ``updatedAt`` moves.
+    """
+    cutoff = utcnow() - older_than
+    unstarted = Job.objects(status=JobStatus.QUEUED, updatedAt__lt=cutoff).only("id", "type").limit(limit)
+    count = 0
+    for job in unstarted:
+        moved = Job.objects(id=job.id, status=JobStatus.QUEUED, updatedAt__lt=cutoff).update_one(
+            set__updatedAt=utcnow()
+        )
+        if not moved:  # started meanwhile, or sent by a concurrent sweep
+            continue
+        sender.send_task(TASKS[job.type], args=[str(job.id)])
+        log.warning("requeued unstarted job %s (%s)", job.id, job.type)
+        count += 1
+    return count

@@ -25,7 +25,7 @@ def assert_paid_once(card_id: str, payment_id: str, start: Decimal, total: Decim
     card = Card.objects.get(id=card_id)
     assert card.money == start - total
     assert card.debits == [payment_id]
-    assert LedgerEntry.objects(cardId=card_id).count() == 1
+    assert LedgerEntry.objects(cardId=card_id, kind="debit").count() == 1
     assert Payment.objects(id=payment_id).count() == 1
 
 

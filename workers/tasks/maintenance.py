@@ -1,18 +1,23 @@
-"""Recovery: jobs and refund events that were left behind are sent again (run by Celery beat)."""
+"""Run by Celery beat: recovery of jobs and refund events left behind; the daily reconciliation."""
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
+from typing import Any
 
 from celery import shared_task
 
-from shared.services import inbox, jobs, payments
+from shared import db
+from shared.services import inbox, jobs, payments, reconcile
 from workers.app import PaymentTask
 
 #: Longer than a task's time limit plus its retries' backoff, so that work in
 #: progress is not mistaken for work left behind (a duplicate would be
 #: harmless anyway: every job task is idempotent).
 STALE_AFTER_SECONDS = 600
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, name="jobs.requeue_stale", max_retries=0)
@@ -22,3 +27,20 @@ def requeue_stale(self: PaymentTask, older_than_seconds: float = STALE_AFTER_SEC
     return jobs.requeue_stale(self.app, older_than, extra_job_ids=reopened) + inbox.requeue_stale(
         self.app, older_than
     )
+
+
+@shared_task(bind=True, name="jobs.requeue_unstarted", max_retries=0)
+def requeue_unstarted(self: PaymentTask) -> int:
+    """Run by beat every 20 s: jobs no worker started (their message lost with the broker's last writes)."""
+    older_than = timedelta(seconds=self.settings.job_unstarted_requeue_seconds)
+    return jobs.requeue_unstarted(self.app, older_than)
+
+
+@shared_task(name="maintenance.reconcile", max_retries=0, time_limit=3600, soft_time_limit=3500)
+def reconcile_money(grace_seconds: float = reconcile.DEFAULT_GRACE_SECONDS) -> dict[str, Any]:
+    """Run by beat daily: log each discrepancy as an error and return the summary (it never repairs)."""
+    summary = reconcile.run(
+        db.database(), lambda d: log.error("reconcile: %s", d), grace_seconds=grace_seconds
+    )
+    log.info("reconcile: %s", summary.as_dict())
+    return summary.as_dict()

@@ -1,0 +1,62 @@
+"""A job whose task message was lost (a broker crash) is sent again soon, not after ten minutes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from bson import ObjectId
+
+from shared.models import Card, Job, JobStatus
+from shared.models.base import utcnow
+from shared.services import jobs
+from tests.support import ServedApp, wait_until
+
+
+def lost_card_job(age_seconds: float, status: JobStatus = JobStatus.QUEUED) -> Job:
+    """A card.add job accepted ``age_seconds`` ago whose task message never reached a worker."""
+    at = utcnow() - timedelta(seconds=age_seconds)
+    params = {
+        "cardHolderName": "Ada Lovelace",
+        "fingerprint": f"fp-{ObjectId()}",
+        "last4": "4242",
+        "brand": "visa",
+        "expireDate": "12/39",
+        "money": "10.00",
+    }
+    job = Job(
+        id=ObjectId(),
+        type="card.add",
+        ownerId=str(ObjectId()),
+        params=params,
+        resourceId=str(ObjectId()),
+        status=status,
+        createdAt=at,
+        updatedAt=at,
+    )
+    job.save(force_insert=True)
+    return job
+
+
+def test_a_job_never_started_is_sent_again_after_the_threshold_and_ends(
+    celery_app: Any, celery_worker: Any, api: ServedApp
+) -> None:
+    lost = lost_card_job(age_seconds=50)
+    fresh = lost_card_job(age_seconds=1)
+    running = lost_card_job(age_seconds=50, status=JobStatus.RUNNING)  # the 10-minute sweep's business
+    sent = jobs.requeue_unstarted(celery_app, timedelta(seconds=45))
+    assert sent >= 1
+    ended = wait_until(
+        lambda: (job := Job.objects.get(id=lost.id)).ended and job, timeout=60, message="lost job ends"
+    )
+    assert ended.status == JobStatus.SUCCEEDED, ended.error
+    assert ended.attempts == 1
+    assert Card.objects(id=lost.resourceId).count() == 1
+    # Neither the young job nor the running one was sent.
+    assert Job.objects.get(id=fresh.id).status == JobStatus.QUEUED
+    assert Job.objects.get(id=running.id).attempts == 0
+    # A second sweep right away sends the young job no sooner than its own threshold.
+    jobs.requeue_unstarted(celery_app, timedelta(seconds=45))
+    assert Job.objects.get(id=fresh.id).status == JobStatus.QUEUED
+    for job in (fresh, running):
+        Job.objects(id=job.id).delete()

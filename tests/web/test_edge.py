@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from bson import ObjectId
 
 from devstack import servers
@@ -75,16 +78,14 @@ def _answers(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
-    """gunicorn (1 worker, 4 threads: easy to stall) behind nginx, on free loopback ports."""
-    root = tmp_path_factory.mktemp("edge")
+@contextlib.contextmanager
+def _gunicorn_behind_nginx(root: Path, web_bind: str, proxy_port: int) -> Iterator[None]:
+    """The project's gunicorn (1 worker, 4 threads: easy to stall) on ``web_bind``, nginx in front."""
     logs = servers.STACK_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    api_port, proxy_port = free_port(), free_port()
     env = {
         **os.environ,
-        "WEB_BIND": f"127.0.0.1:{api_port}",
+        "WEB_BIND": web_bind,
         "WEB_CONCURRENCY": "1",
         "WEB_THREADS": "4",
         "TRUSTED_PROXY_HOPS": "1",
@@ -95,16 +96,54 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         logs / f"test-edge-gunicorn-{RUN_ID}.log",
         env,
     )
-    config = servers.nginx_prepare(root, listen=f"127.0.0.1:{proxy_port}", upstream=env["WEB_BIND"])
+    config = servers.nginx_prepare(root / "nginx", listen=f"127.0.0.1:{proxy_port}", upstream=web_bind)
     nginx = _start(servers.nginx_command(config.parent), logs / f"test-edge-nginx-{RUN_ID}.log", env)
     try:
-        found = Edge(proxy_port, api_port)
-        wait_until(lambda: _answers(f"{found.direct}/healthz"), timeout=60, message="gunicorn answers")
-        wait_until(lambda: _answers(f"{found.proxy}/healthz"), timeout=30, message="nginx answers")
-        yield found
+        yield
     finally:
         _stop(nginx)
         _stop(gunicorn)
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    """gunicorn behind nginx, on free loopback ports (as `make dev` runs them)."""
+    found = Edge(free_port(), free_port())
+    with _gunicorn_behind_nginx(
+        tmp_path_factory.mktemp("edge"), f"127.0.0.1:{found.api_port}", found.proxy_port
+    ):
+        wait_until(lambda: _answers(f"{found.direct}/healthz"), timeout=60, message="gunicorn answers")
+        wait_until(lambda: _answers(f"{found.proxy}/healthz"), timeout=30, message="nginx answers")
+        yield found
+
+
+def test_behind_nginx_on_a_unix_socket_as_compose_runs_them(tmp_path_factory: pytest.TempPathFactory) -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    web_bind = compose["x-app-env"]["WEB_BIND"]
+    healthcheck = compose["services"]["api"]["healthcheck"]["test"]
+    # A short path (a socket's is limited to 107 bytes) that nginx's workers,
+    # which may run as another user, can traverse.
+    root = Path(tempfile.mkdtemp(prefix="edge"))
+    root.chmod(0o755)
+    socket_path = root / "api.sock"
+    proxy_port = free_port()
+    try:
+        with _gunicorn_behind_nginx(root, f"unix:{socket_path}", proxy_port):
+            wait_until(socket_path.exists, timeout=60, message="gunicorn's socket")
+            wait_until(
+                lambda: _answers(f"http://127.0.0.1:{proxy_port}/healthz"),
+                timeout=30,
+                message="nginx answers",
+            )
+            # compose's api healthcheck, on this socket instead of the container's.
+            probe = [
+                part.replace(web_bind.removeprefix("unix:"), str(socket_path)) for part in healthcheck[1:]
+            ]
+            assert subprocess.run(probe, timeout=30, check=False).returncode == 0
+            assert _token_less_find(proxy_port, TRUSTED_CLIENT) == 404
+            assert _token_less_find(proxy_port, "127.0.0.1", {"X-Forwarded-For": TRUSTED_CLIENT}) == 401
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # -- slow clients ------------------------------------------------------------------

@@ -20,13 +20,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONPATH=/app \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Unprivileged user that runs every process.  /var/lib/celery-beat is the only
-# writable place: beat keeps its schedule file there (a named volume in
-# docker-compose.yml, which takes this ownership when it is first created).
+# Unprivileged user that runs every process.  Two writable places: beat keeps
+# its schedule file in /var/lib/celery-beat, and gunicorn its socket (WEB_BIND)
+# in /run/payment, which the nginx proxy reads (named volumes in
+# docker-compose.yml, which take this ownership when they are first created).
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --create-home --home-dir /home/app \
         --shell /usr/sbin/nologin app \
-    && install -d -o app -g app -m 0750 /var/lib/celery-beat
+    && install -d -o app -g app -m 0750 /var/lib/celery-beat \
+    && install -d -o app -g app -m 0755 /run/payment
 
 WORKDIR /app
 
@@ -42,7 +44,7 @@ COPY celeryconfig.py ./
 
 USER app
 
-# API (PAYMENT_SERVICE_PORT) and Flower (FLOWER_PORT) defaults.
-EXPOSE 8080 5555
+# Flower (FLOWER_PORT); the API listens on WEB_BIND, for the proxy only.
+EXPOSE 5555
 
 CMD ["gunicorn", "--config", "python:web.gunicorn_conf", "web.wsgi:app"]

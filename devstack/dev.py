@@ -1,7 +1,8 @@
 """``make dev``: the whole service in the foreground, stopped by Ctrl-C.
 
 Starts the servers that are not running (Redis, MongoDB, Kafka), creates the
-topics, then runs the API under gunicorn, two Celery worker nodes, the Kafka
+topics, then runs the API under gunicorn behind nginx (the proxy listens on
+PAYMENT_SERVICE_PORT on loopback, gunicorn on WEB_BIND), two Celery worker nodes, the Kafka
 refund bridge, Flower and the checkout stand-in, each as a child process
 whose output is prefixed with its name.  Ctrl-C (or SIGTERM) stops the
 children and then the servers this run started.
@@ -17,9 +18,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from devstack import servers
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 ROOT = servers.ROOT
 PY = sys.executable
@@ -28,8 +32,12 @@ BIN = Path(PY).parent
 #: Queues the development workers consume.
 WORKER_QUEUES = "payments,cards,refunds,maintenance"
 
+#: Settings a child needs whatever .env says: the API sits behind the proxy,
+#: so it takes the client's address from the one X-Forwarded-For nginx sets.
+CHILD_ENV = {"api": {"TRUSTED_PROXY_HOPS": "1"}}
 
-def _processes() -> dict[str, list[str]]:
+
+def _processes(settings: Settings) -> dict[str, list[str]]:
     celery = [str(BIN / "celery"), "-A", "workers.celery_app"]
     worker = [
         *celery,
@@ -54,6 +62,13 @@ def _processes() -> dict[str, list[str]]:
             str(servers.STACK_DIR / "checkouts.json"),
         ],
         "api": [str(BIN / "gunicorn"), "--config", "python:web.gunicorn_conf", "web.wsgi:app"],
+        "proxy": servers.nginx_command(
+            servers.nginx_prepare(
+                servers.STACK_DIR / "nginx",
+                listen=f"{servers.HOST}:{settings.port}",
+                upstream=settings.web_bind,
+            ).parent
+        ),
         "worker1": [*worker, "-n", "worker1@%h"],
         "worker2": [*worker, "-n", "worker2@%h"],
         "beat": [
@@ -102,9 +117,14 @@ def run() -> int:
     try:
         servers.up(list(servers.SERVERS), record=record)
         subprocess.run([PY, "-m", "workers.topics"], cwd=ROOT, check=True)
-        for name, command in _processes().items():
+        for name, command in _processes(settings).items():
             proc = subprocess.Popen(
-                command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                cwd=ROOT,
+                env={**os.environ, **CHILD_ENV.get(name, {})},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
             children[name] = proc
             assert proc.stdout is not None

@@ -34,8 +34,11 @@ KAFKA_CONTROLLER_PORT = int(os.environ.get("DEVSTACK_KAFKA_CONTROLLER_PORT", "90
 MONGO_PORT = int(os.environ.get("DEVSTACK_MONGO_PORT", "27017"))
 
 # Debian packages the stack and its tests need (kcat is the Kafka client that
-# is not ours, used to produce refund events the way the order service does).
-APT_PACKAGES = {"redis-server": "redis-server", "kcat": "kcat"}
+# is not ours, used to produce refund events the way the order service does;
+# nginx is the API's buffering proxy).
+APT_PACKAGES = {"redis-server": "redis-server", "kcat": "kcat", "nginx": "nginx"}
+# Debian puts daemons in /usr/sbin, which an unprivileged user's PATH may lack.
+SBIN_PATH = f"{os.environ.get('PATH', '')}:/usr/local/sbin:/usr/sbin:/sbin"
 
 
 class StackError(RuntimeError):
@@ -61,7 +64,7 @@ def port_open(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
 
 def install_apt_packages() -> None:
     """Install the Debian packages that are missing (the machine runs as root)."""
-    missing = [pkg for binary, pkg in APT_PACKAGES.items() if shutil.which(binary) is None]
+    missing = [pkg for binary, pkg in APT_PACKAGES.items() if shutil.which(binary, path=SBIN_PATH) is None]
     if not missing:
         return
     log(f"installing Debian packages: {' '.join(missing)}")
@@ -245,6 +248,55 @@ def redis_command(port: int = REDIS_PORT, data: Path | None = None) -> list[str]
         "--daemonize",
         "no",
     ]
+
+
+def nginx_binary() -> str:
+    return shutil.which("nginx", path=SBIN_PATH) or "nginx"
+
+
+def nginx_prepare(root: Path, listen: str, upstream: str) -> Path:
+    """Render the API's proxy (devstack/nginx/payment.conf.template) into a config under ``root``.
+
+    ``listen`` is nginx's listen address (the public port), ``upstream``
+    gunicorn's WEB_BIND.  The template is the one docker-compose gives the
+    nginx image; here it is wrapped in a main file that keeps nginx's pid,
+    logs and temporary files under ``root`` and runs it in the foreground.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    template = (DEVSTACK / "nginx" / "payment.conf.template").read_text()
+    site = template.replace("${PROXY_LISTEN}", listen).replace("${API_UPSTREAM}", upstream)
+    if "${" in site:
+        raise StackError("devstack/nginx/payment.conf.template has a placeholder devstack does not fill")
+    (root / "payment.conf").write_text(site)
+    temp = root / "tmp"
+    temp.mkdir(exist_ok=True)
+    paths = "\n".join(
+        f"    {kind}_temp_path {temp / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    main = root / "nginx.conf"
+    main.write_text(
+        f"""# Written by devstack from devstack/nginx/payment.conf.template; do not edit.
+daemon off;
+worker_processes 1;
+pid {root / "nginx.pid"};
+error_log stderr warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+{paths}
+    include {root / "payment.conf"};
+}}
+"""
+    )
+    return main
+
+
+def nginx_command(root: Path) -> list[str]:
+    """nginx in the foreground on the config :func:`nginx_prepare` wrote under ``root``."""
+    return [nginx_binary(), "-p", str(root), "-e", "stderr", "-c", str(root / "nginx.conf")]
 
 
 def _mongo_ready() -> bool:

@@ -9,6 +9,7 @@ that names the variable.  Development values live in ``.env.example``.
 from __future__ import annotations
 
 import ipaddress
+import os
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -32,6 +33,39 @@ class Environment(StrEnum):
 
 class ConfigurationError(Exception):
     """The environment does not describe a runnable service."""
+
+
+#: Secrets that are public because the repository holds them (.env.example,
+#: the test suite's environment, devstack's defaults).  Production refuses
+#: them; tests/test_settings.py keeps this list in step with those files.
+DEVELOPMENT_SECRETS = frozenset(
+    {
+        "dev-only-jwt-secret-change-me-0123456789",
+        "dev-only-card-fingerprint-key-0123456789",
+        "dev-flower-password",
+        "test-jwt-secret-0123456789abcdefghijkl",
+        "test-card-fingerprint-key-0123456789abcdef",
+        "test-flower-password",
+    }
+)
+#: A secret with one of these in it was never meant to be one.
+_PLACEHOLDER_MARKERS = ("dev-only", "change-me", "changeme")
+
+#: The narrowest prefix production accepts in FIND_TOKENLESS_NETWORKS: a /16
+#: is a site; anything wider is a typo or a wish to open the route to all.
+MIN_TOKENLESS_PREFIX = {4: 16, 6: 48}
+#: IPv6 prefixes whose last 32 bits are an IPv4 address (mapped, NAT64, compatible):
+#: within them the IPv4 rule applies to the embedded part.
+_IPV4_EMBEDDING = tuple(ipaddress.IPv6Network(n) for n in ("::ffff:0:0/96", "64:ff9b::/96", "::/96"))
+
+
+def _too_wide(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Whether a token-less network is wider than an operator would mean."""
+    if isinstance(network, ipaddress.IPv6Network):
+        for embedding in _IPV4_EMBEDDING:
+            if network.subnet_of(embedding):
+                return network.prefixlen - 96 < MIN_TOKENLESS_PREFIX[4]
+    return network.prefixlen < MIN_TOKENLESS_PREFIX[network.version]
 
 
 def _split_csv(value: Any) -> Any:
@@ -61,7 +95,7 @@ class Settings(BaseSettings):
         ge=1,
         le=65535,
         validation_alias="PAYMENT_SERVICE_PORT",
-        description="Port of the HTTP API.",
+        description="Public port of the HTTP API, served by the proxy (nginx) in front of gunicorn.",
     )
     web_workers: int = Field(
         2, ge=1, le=64, validation_alias="WEB_CONCURRENCY", description="gunicorn worker processes."
@@ -174,6 +208,39 @@ class Settings(BaseSettings):
         "127.0.0.1", validation_alias="FLOWER_ADDRESS", description="Address Flower listens on."
     )
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL", description="Root log level.")
+    web_bind: str = Field(
+        "127.0.0.1:8000",
+        validation_alias="WEB_BIND",
+        description="Where gunicorn listens, for the proxy only: loopback host:port or unix:/path.",
+    )
+    trusted_proxy_hops: int = Field(
+        0,
+        ge=0,
+        le=5,
+        validation_alias="TRUSTED_PROXY_HOPS",
+        description="Proxies in front of the API whose X-Forwarded-For is trusted (1 behind nginx, 0 bare).",
+    )
+    jwt_leeway_seconds: int = Field(
+        30,
+        ge=0,
+        le=300,
+        validation_alias="JWT_LEEWAY_SECONDS",
+        description="Clock skew allowed when checking a token's exp and nbf.",
+    )
+    readyz_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=60,
+        validation_alias="READYZ_CACHE_SECONDS",
+        description="How long /readyz answers from its last check before checking again.",
+    )
+    readyz_timeout_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=30,
+        validation_alias="READYZ_TIMEOUT_SECONDS",
+        description="Time each /readyz check may take before it counts as failed.",
+    )
     failpoints: Annotated[frozenset[str], NoDecode] = Field(
         default_factory=frozenset,
         validation_alias="PAYMENT_FAILPOINTS",
@@ -210,6 +277,25 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis:// or rediss:// URL")
         return value
 
+    @field_validator("web_bind")
+    @classmethod
+    def _bind(cls, value: str) -> str:
+        if value.startswith("unix:"):
+            if not value.removeprefix("unix:").startswith("/"):
+                raise ValueError("a unix socket must be an absolute path: unix:/path")
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is not host:port or unix:/path")
+        try:
+            loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            # Only the proxy may talk to gunicorn: it has no header timeouts.
+            raise ValueError("gunicorn must listen on loopback or a unix socket, behind the proxy")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -229,7 +315,28 @@ class Settings(BaseSettings):
             raise ValueError("PAYMENT_FAILPOINTS is only allowed with PAYMENT_ENV=test")
         if self.environment is Environment.PRODUCTION and self.flower_password is None:
             raise ValueError("FLOWER_PASSWORD is required in production")
+        if self.environment is Environment.PRODUCTION:
+            self._refuse_development_values()
         return self
+
+    def _refuse_development_values(self) -> None:
+        """Production refuses what the repository makes public and what opens the API to all."""
+        secrets = {
+            "JWT_SEC": self.jwt_secret,
+            "CARD_FINGERPRINT_KEY": self.card_fingerprint_key,
+            "FLOWER_PASSWORD": self.flower_password,
+        }
+        for variable, secret in secrets.items():
+            value = secret.get_secret_value() if secret is not None else ""
+            if value in DEVELOPMENT_SECRETS or any(m in value.lower() for m in _PLACEHOLDER_MARKERS):
+                raise ValueError(f"{variable} is a development secret; production needs its own")
+        for network in self.find_tokenless_networks:
+            if _too_wide(network):
+                minimum = MIN_TOKENLESS_PREFIX[network.version]
+                raise ValueError(
+                    f"FIND_TOKENLESS_NETWORKS: {network} is wider than /{minimum}; "
+                    "production lets only a known site call GET /find without a token"
+                )
 
     def topic(self, name: str) -> str:
         """The real name of a configured topic, with the run's prefix."""
@@ -254,12 +361,24 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read and validate the settings, or raise ConfigurationError naming each problem."""
+    """Read and validate the settings, or raise ConfigurationError naming each problem.
+
+    Production reads the process environment only: a ``.env`` file is for
+    development, and one left on a server must not change a production process.
+    """
+    declared = overrides.get("PAYMENT_ENV", os.environ.get("PAYMENT_ENV", ""))
+    production = str(declared).strip().lower() == Environment.PRODUCTION
     try:
-        return Settings(**overrides)
+        settings = Settings(_env_file=None if production else ".env", **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
             where = ".".join(str(p) for p in error["loc"]) or "settings"
             problems.append(f"  {where}: {error['msg']}")
         raise ConfigurationError("invalid configuration:\n" + "\n".join(problems)) from None
+    if settings.environment is Environment.PRODUCTION and not production:
+        raise ConfigurationError(
+            "invalid configuration:\n  PAYMENT_ENV: production comes from .env; "
+            "production reads no .env file, set PAYMENT_ENV=production in the environment"
+        )
+    return settings

@@ -37,10 +37,12 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 BACKING_SERVICES = ("mongo", "kafka", "redis")
+EDGE_SERVICES = ("proxy",)
 APP_SERVICES = ("topics", "api", "worker", "beat", "bridge", "flower")
 SCALABLE_SERVICES = ("worker", "bridge")
 NAMED_SECRETS = {"JWT_SEC", "CARD_FINGERPRINT_KEY", "FLOWER_PASSWORD"}
-HEALTHCHECKED_SERVICES = ("mongo", "kafka", "redis", "api", "worker", "flower")
+HEALTHCHECKED_SERVICES = ("mongo", "kafka", "redis", "proxy", "api", "worker", "flower")
+NGINX_TEMPLATE = ROOT / "devstack" / "nginx" / "payment.conf.template"
 
 #: Stand-ins for the secrets the host provides, long enough to pass validation.
 DUMMY_SECRETS = {
@@ -331,7 +333,7 @@ def stack() -> None:
 
 def test_the_compose_file_parses_and_defines_every_service() -> None:
     services = _load_compose()["services"]
-    assert set(services) == {*BACKING_SERVICES, *APP_SERVICES}
+    assert set(services) == {*BACKING_SERVICES, *EDGE_SERVICES, *APP_SERVICES}
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
@@ -476,11 +478,39 @@ def test_long_running_services_have_a_healthcheck(name: str) -> None:
     assert len(test) > 1
 
 
-def test_the_api_is_published_and_checked_on_its_configured_port() -> None:
-    api = _service("api")
-    port = _environment(api)["PAYMENT_SERVICE_PORT"]
-    assert (port, port) in _ports(api)
-    assert f"http://127.0.0.1:{port}/healthz" in " ".join(_healthcheck_argv(api))
+def test_the_proxy_is_published_and_checked_on_the_apis_configured_port() -> None:
+    proxy = _service("proxy")
+    port = _environment(_service("api"))["PAYMENT_SERVICE_PORT"]
+    assert _environment(proxy)["PROXY_LISTEN"] == port
+    assert _ports(proxy) == [(port, port)]
+    assert f"http://127.0.0.1:{port}/healthz" in " ".join(_healthcheck_argv(proxy))
+    assert proxy["depends_on"] == {"api": {"condition": "service_healthy"}}
+
+
+def test_the_proxy_runs_the_repositorys_nginx_template_filled_with_what_it_is_given() -> None:
+    proxy = _service("proxy")
+    mounts = {target: source for source, target in (str(v).split(":", 2)[:2] for v in proxy["volumes"])}
+    source = mounts["/etc/nginx/templates/default.conf.template"]
+    assert (ROOT / source).resolve() == NGINX_TEMPLATE.resolve()
+    # The image's envsubst fills the ${NAME}s it is given: exactly those the template uses.
+    placeholders = set(re.findall(r"\$\{([A-Z_]+)\}", NGINX_TEMPLATE.read_text(encoding="utf-8")))
+    assert placeholders == set(_environment(proxy))
+
+
+def test_gunicorn_listens_only_on_a_socket_the_proxy_shares_and_is_not_published() -> None:
+    api, proxy = _service("api"), _service("proxy")
+    environment = _environment(api)
+    socket_path = environment["WEB_BIND"].removeprefix("unix:")
+    assert environment["WEB_BIND"].startswith("unix:/")
+    assert _environment(proxy)["API_UPSTREAM"] == environment["WEB_BIND"]
+    assert environment["TRUSTED_PROXY_HOPS"] == "1"
+    assert _ports(api) == []
+    socket_dir = str(Path(socket_path).parent)
+    shared = {str(v).split(":")[0] for v in api["volumes"] if str(v).split(":")[1] == socket_dir}
+    assert shared
+    assert shared & {str(v).split(":")[0] for v in proxy["volumes"] if str(v).split(":")[1] == socket_dir}
+    assert shared <= set(_load_compose()["volumes"])
+    assert f"'{socket_path}'" in " ".join(_healthcheck_argv(api))
 
 
 def test_flower_is_published_and_checked_on_its_configured_port() -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 
-from shared.settings import ConfigurationError, Environment, Settings, load_settings
+from shared.settings import DEVELOPMENT_SECRETS, ConfigurationError, Environment, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SECRETS = {"JWT_SEC": "a-long-enough-jwt-secret-0123456789", "CARD_FINGERPRINT_KEY": "k" * 32}
 
@@ -88,3 +91,157 @@ def test_topic_prefix_applies_to_every_topic(monkeypatch: pytest.MonkeyPatch) ->
     assert settings.topic(settings.topic_payment_accepted) == "run1.paymentService-payment-service-accept"
     assert all(topic.startswith("run1.") for topic in settings.all_topics)
     assert len(set(settings.all_topics)) == 5
+
+
+# -- production refuses what development allows --------------------------------------
+
+PRODUCTION = {
+    "PAYMENT_ENV": "production",
+    "JWT_SEC": "a-long-enough-jwt-secret-0123456789",
+    "CARD_FINGERPRINT_KEY": "k" * 32,
+    "FLOWER_PASSWORD": "a-real-password",
+}
+
+
+def _env_file_values(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and line[0] != "#")
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _repository_secrets() -> dict[str, set[str]]:
+    """Every secret value the repository holds, by variable: .env.example and the suite's environment."""
+    from tests.conftest import TEST_ENV
+
+    found: dict[str, set[str]] = {}
+    for source in (_env_file_values(ROOT / ".env.example"), TEST_ENV):
+        for variable in _secret_variables():
+            if source.get(variable):
+                found.setdefault(variable, set()).add(source[variable])
+    return found
+
+
+def _secret_variables() -> set[str]:
+    return {
+        str(field.validation_alias)
+        for field in Settings.model_fields.values()
+        if "SecretStr" in str(field.annotation)
+    }
+
+
+def _production(monkeypatch: pytest.MonkeyPatch, **changes: str) -> None:
+    for key, value in {**PRODUCTION, **changes}.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_production_loads_with_secrets_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    _production(monkeypatch, FIND_TOKENLESS_NETWORKS="10.20.0.0/16,2001:db8:1::/48,::ffff:10.1.0.0/112")
+    assert load_settings().environment is Environment.PRODUCTION
+
+
+def test_every_secret_the_repository_holds_is_a_known_development_secret() -> None:
+    held = _repository_secrets()
+    assert {"JWT_SEC", "CARD_FINGERPRINT_KEY", "FLOWER_PASSWORD"} <= set(held)
+    for variable, values in held.items():
+        assert values <= DEVELOPMENT_SECRETS, f"{variable}: {values - DEVELOPMENT_SECRETS} is not refused"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [(variable, value) for variable, values in _repository_secrets().items() for value in sorted(values)]
+    + [("JWT_SEC", "please-change-me-before-going-live-0123"), ("FLOWER_PASSWORD", "dev-only")],
+)
+def test_production_refuses_a_development_secret_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    _production(monkeypatch, **{variable: value})
+    with pytest.raises(ConfigurationError, match=f"{variable} is a development secret"):
+        load_settings()
+
+
+def test_development_accepts_the_development_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in _env_file_values(ROOT / ".env.example").items():
+        monkeypatch.setenv(key, value)
+    assert load_settings().environment is Environment.DEVELOPMENT
+
+
+@pytest.mark.parametrize(
+    "networks",
+    [
+        "0.0.0.0/0",
+        "::/0",
+        "10.0.0.0/8",
+        "10.20.0.0/15",
+        "10.20.0.0/16,172.16.0.0/12",
+        "2001:db8::/32",
+        "2001:db8::/47",
+        "::ffff:0:0/96",
+        "::ffff:10.0.0.0/104",
+        "64:ff9b::/96",
+    ],
+)
+def test_production_refuses_a_token_less_network_wider_than_meant(
+    monkeypatch: pytest.MonkeyPatch, networks: str
+) -> None:
+    _production(monkeypatch, FIND_TOKENLESS_NETWORKS=networks)
+    with pytest.raises(ConfigurationError, match=r"FIND_TOKENLESS_NETWORKS: .* is wider than /"):
+        load_settings()
+    monkeypatch.setenv("PAYMENT_ENV", "development")
+    assert load_settings().find_tokenless_networks
+
+
+def test_production_reads_no_env_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("LOG_LEVEL=DEBUG\nFIND_TOKENLESS_NETWORKS=0.0.0.0/0\n")
+    monkeypatch.chdir(tmp_path)
+    for key, value in SECRETS.items():
+        monkeypatch.setenv(key, value)
+    assert load_settings().log_level == "DEBUG"  # development reads it
+    _production(monkeypatch)
+    settings = load_settings()
+    assert settings.log_level == "INFO"
+    assert settings.find_tokenless_networks == []
+
+
+def test_production_declared_only_in_an_env_file_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("PAYMENT_ENV=production\nFLOWER_PASSWORD=a-real-password\n")
+    monkeypatch.chdir(tmp_path)
+    for key, value in SECRETS.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigurationError, match=r"PAYMENT_ENV: production comes from \.env"):
+        load_settings()
+
+
+# -- the edge and smaller settings -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bind", ["127.0.0.1:8000", "[::1]:8000", "localhost:8000", "unix:/run/payment/api.sock"]
+)
+def test_gunicorn_may_listen_on_loopback_or_a_unix_socket(monkeypatch: pytest.MonkeyPatch, bind: str) -> None:
+    for key, secret in SECRETS.items():
+        monkeypatch.setenv(key, secret)
+    monkeypatch.setenv("WEB_BIND", bind)
+    assert load_settings().web_bind == bind
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0:8000", "[::]:8000", "10.0.0.5:8000", "unix:relative.sock", "8000"])
+def test_gunicorn_may_not_listen_where_clients_reach_it_without_the_proxy(
+    monkeypatch: pytest.MonkeyPatch, bind: str
+) -> None:
+    for key, secret in SECRETS.items():
+        monkeypatch.setenv(key, secret)
+    monkeypatch.setenv("WEB_BIND", bind)
+    with pytest.raises(ConfigurationError, match="WEB_BIND"):
+        load_settings()
+
+
+def test_the_bare_app_trusts_no_proxy_and_allows_thirty_seconds_of_clock_skew(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, secret in SECRETS.items():
+        monkeypatch.setenv(key, secret)
+    settings = load_settings()
+    assert settings.trusted_proxy_hops == 0
+    assert settings.jwt_leeway_seconds == 30
+    assert settings.web_bind.startswith("127.0.0.1:")

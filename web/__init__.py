@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 from flask.json.provider import DefaultJSONProvider
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from shared import db
 from shared.logs import bind, configure_logging, unbind
@@ -85,6 +86,10 @@ def create_app(settings: Settings | None = None, celery: Any = None) -> Flask:
 
         celery = create_celery(settings)
     app.extensions["celery"] = celery
+    if settings.trusted_proxy_hops:
+        # Behind nginx every peer is the proxy: take the client's address from the
+        # X-Forwarded-For the proxy sets (it replaces, never appends to, the client's).
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_hops)  # type: ignore[method-assign]
     app.extensions["job_waiters"] = threading.BoundedSemaphore(max(1, settings.web_threads // 2))
     db.connect(settings)
     register_error_handlers(app)

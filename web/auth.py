@@ -38,7 +38,8 @@ def init_auth(app: Flask, settings: Settings) -> None:
         # The user service issues no CSRF token; cookie POSTs must be JSON instead.
         JWT_COOKIE_CSRF_PROTECT=False,
         JWT_IDENTITY_CLAIM="userId",
-        JWT_DECODE_LEEWAY=0,
+        # Clock skew between the user service and us (exp and nbf).
+        JWT_DECODE_LEEWAY=settings.jwt_leeway_seconds,
     )
     jwt = JWTManager(app)
 

@@ -4,7 +4,9 @@ from shared.settings import load_settings
 
 _settings = load_settings()  # fails fast, naming the bad variable, before any worker forks
 
-bind = f"0.0.0.0:{_settings.port}"
+# Loopback or a unix socket only (the settings refuse anything else): gunicorn
+# reads headers without a deadline, so only the proxy (nginx) may reach it.
+bind = _settings.web_bind
 workers = _settings.web_workers
 threads = _settings.web_threads
 worker_class = "gthread"

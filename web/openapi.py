@@ -364,11 +364,17 @@ OPERATIONS: tuple[Operation, ...] = (
         "/readyz",
         "readyz",
         "Readiness probe",
-        "MongoDB, Redis and Kafka answer. No token needed; outside the base path.",
+        "MongoDB, Redis and Kafka answer, from a result at most `READYZ_CACHE_SECONDS` old. No token "
+        "needed; outside the base path. Why a check failed is shown only to a caller with a valid token.",
         "Operations",
         (
             Reply(200, "Ready: every dependency answers.", "Readiness"),
-            Reply(503, "Not ready: `checks` names the dependency that does not answer and why.", "Readiness"),
+            Reply(
+                503,
+                "Not ready: `checks` names the dependency that does not answer (`failed`; "
+                "the reason only with a token).",
+                "Readiness",
+            ),
         ),
         authenticated=False,
     ),

@@ -529,3 +529,30 @@ def test_a_forwarded_for_header_does_not_make_a_caller_trusted(
     finally:
         served.close()
     _assert_unauthorized(response)
+
+
+# -- clock skew ------------------------------------------------------------------
+
+
+def _expired_token(seconds_ago: int) -> str:
+    now = datetime.now(UTC)
+    claims = {
+        "userId": str(ObjectId()),
+        "userType": ["default"],
+        "iat": now - timedelta(hours=1),
+        "exp": now - timedelta(seconds=seconds_ago),
+    }
+    return jwt.encode(claims, TEST_ENV["JWT_SEC"], algorithm="HS256")
+
+
+@pytest.mark.parametrize(("seconds_ago", "status"), [(10, 404), (60, 401)])
+def test_a_token_expired_within_the_clock_skew_leeway_still_passes(
+    api: ServedApp, seconds_ago: int, status: int
+) -> None:
+    # The default leeway is 30 s: the user service's clock may run a little ahead.
+    response = requests.get(
+        f"{api.url}{API}/find/{ObjectId()}",
+        headers={"Authorization": f"Bearer {_expired_token(seconds_ago)}"},
+        timeout=30,
+    )
+    assert response.status_code == status, response.text

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
 
+from devstack import servers
+from devstack.servers import redis_command
 from tests.conftest import make_settings
-from tests.support import ServedApp, free_port
+from tests.support import ServedApp, free_port, wait_until
+from tests.web.conftest import token_for
 from web import create_app
 
 
@@ -31,19 +38,94 @@ def test_readyz_reports_each_dependency_ok_when_all_answer(api: ServedApp, topic
     assert response.json() == {"status": "ready", "checks": {"mongo": "ok", "redis": "ok", "kafka": "ok"}}
 
 
-def test_readyz_is_503_and_names_the_dependency_that_does_not_answer() -> None:
+def _served(**overrides: object) -> ServedApp:
+    return ServedApp(create_app(make_settings(**overrides)))
+
+
+def test_readyz_is_503_and_tells_only_a_caller_with_a_token_why() -> None:
     closed = free_port()
-    settings = make_settings(CELERY_BROKER_URL=f"redis://127.0.0.1:{closed}/0")
-    served = ServedApp(create_app(settings))
+    served = _served(CELERY_BROKER_URL=f"redis://127.0.0.1:{closed}/0")
     try:
-        response = requests.get(f"{served.url}/readyz", timeout=15)
+        anonymous = requests.get(f"{served.url}/readyz", timeout=15)
+        with_token = requests.get(
+            f"{served.url}/readyz", headers={"Authorization": f"Bearer {token_for()}"}, timeout=15
+        )
+        bad_token = requests.get(
+            f"{served.url}/readyz", headers={"Authorization": "Bearer x.y.z"}, timeout=15
+        )
     finally:
         served.close()
+    assert anonymous.status_code == with_token.status_code == bad_token.status_code == 503
+    assert anonymous.json() == {
+        "status": "not_ready",
+        "checks": {"mongo": "ok", "redis": "failed", "kafka": "ok"},
+    }
+    assert bad_token.json() == anonymous.json()
+    # No host, port or error text for an anonymous caller; the reason for one with a token.
+    assert str(closed) not in anonymous.text
+    assert "127.0.0.1" not in anonymous.text
+    detail = with_token.json()["checks"]["redis"]
+    assert detail.startswith("ConnectionError")
+    assert str(closed) in detail
+
+
+class BlackHole:
+    """A port that accepts connections and never answers (a hung server)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_readyz_answers_within_its_timeout_when_servers_hang() -> None:
+    hole = BlackHole()
+    served = _served(
+        CELERY_BROKER_URL=f"redis://127.0.0.1:{hole.port}/0",
+        KAFKA_URI=f"127.0.0.1:{hole.port}",
+        READYZ_TIMEOUT_SECONDS=1,
+    )
+    try:
+        t0 = time.monotonic()
+        response = requests.get(f"{served.url}/readyz", timeout=30)
+        elapsed = time.monotonic() - t0
+    finally:
+        served.close()
+        hole.close()
     assert response.status_code == 503
-    body = response.json()
-    assert body["status"] == "not_ready"
-    assert body["checks"]["mongo"] == "ok"
-    assert body["checks"]["redis"].startswith("ConnectionError")
+    assert response.json()["checks"] == {"mongo": "ok", "redis": "failed", "kafka": "failed"}
+    assert elapsed < 2.5, f"/readyz took {elapsed:.1f}s"
+
+
+def test_readyz_answers_from_a_result_at_most_its_cache_period_old(tmp_path: Path) -> None:
+    port = free_port()
+    served = _served(CELERY_BROKER_URL=f"redis://127.0.0.1:{port}/0", READYZ_CACHE_SECONDS=3)
+    redis_server = None
+    try:
+        assert requests.get(f"{served.url}/readyz", timeout=15).status_code == 503
+        redis_server = subprocess.Popen(redis_command(port, tmp_path), stdout=subprocess.DEVNULL)
+        wait_until(lambda: servers.port_open(port), timeout=20, message="private redis listens")
+        started = time.monotonic()
+        # Redis answers now, but the cached answer stands until the period is over ...
+        assert requests.get(f"{served.url}/readyz", timeout=15).status_code == 503
+        assert time.monotonic() - started < 2
+        # ... and then the next call checks again.
+        wait_until(
+            lambda: requests.get(f"{served.url}/readyz", timeout=15).status_code == 200,
+            timeout=10,
+            interval=0.5,
+            message="/readyz checks again",
+        )
+        assert time.monotonic() - started >= 1
+    finally:
+        served.close()
+        if redis_server is not None:
+            redis_server.terminate()
+            redis_server.wait(timeout=20)
 
 
 def test_an_unknown_route_is_a_problem_json_404(api: ServedApp) -> None:

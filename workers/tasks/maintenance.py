@@ -17,8 +17,15 @@ STALE_AFTER_SECONDS = 600
 
 @shared_task(bind=True, name="jobs.requeue_stale", max_retries=0)
 def requeue_stale(self: PaymentTask, older_than_seconds: float = STALE_AFTER_SECONDS) -> int:
+    """Send again what was left behind: at most STALE_SWEEP_BATCH jobs and refund events per run.
+
+    Jobs (reopened charges first) take the budget before refund events; what
+    is left over waits for the next run, a minute later.
+    """
     older_than = timedelta(seconds=older_than_seconds)
-    reopened = payments.resume_stale_charges(older_than)
-    return jobs.requeue_stale(self.app, older_than, extra_job_ids=reopened) + inbox.requeue_stale(
-        self.app, older_than
-    )
+    budget = self.settings.stale_sweep_batch
+    reopened = payments.resume_stale_charges(older_than, limit=budget)
+    sent = jobs.requeue_stale(self.app, older_than, limit=budget, extra_job_ids=reopened)
+    if sent < budget:
+        sent += inbox.requeue_stale(self.app, older_than, limit=budget - sent)
+    return sent

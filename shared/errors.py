@@ -27,10 +27,13 @@ class ServiceError(Exception):
         *,
         errors: list[dict[str, str]] | None = None,
         extra: dict[str, Any] | None = None,
+        retry_after: int | None = None,
     ) -> None:
         self.detail = detail or self.title
         self.errors = errors or []
         self.extra = extra or {}
+        #: Seconds after which the same request may succeed (sent as ``Retry-After``).
+        self.retry_after = retry_after
         super().__init__(self.detail)
 
     def to_dict(self) -> dict[str, Any]:
@@ -69,6 +72,18 @@ class CsrfRejected(Forbidden):
 
 class NotFound(ServiceError):
     status, code, title = 404, "not_found", "Not found"
+
+
+class RateLimited(ServiceError):
+    """The caller sent more requests than its per-user limit allows; nothing was done."""
+
+    status, code, title = 429, "rate_limited", "Too many requests"
+
+
+class TooManyOpenJobs(RateLimited):
+    """The caller already has as many queued or running jobs as allowed; nothing was accepted."""
+
+    code, title = "too_many_open_jobs", "Too many open jobs"
 
 
 class ServiceUnavailable(ServiceError):

@@ -13,6 +13,7 @@ import os
 from enum import StrEnum
 from typing import Annotated, Any
 
+from limits import parse_many
 from pydantic import (
     AliasChoices,
     Field,
@@ -192,6 +193,38 @@ class Settings(BaseSettings):
         validation_alias="KAFKA_BRIDGE_GROUP",
         description="Consumer group of the refund bridge instances.",
     )
+    rate_limit_writes: str = Field(
+        "30/minute",
+        validation_alias="RATE_LIMIT_WRITES",
+        description="Writes (POST, DELETE) one user may send, e.g. 30/minute; several with ';'.",
+    )
+    rate_limit_reads: str = Field(
+        "600/minute",
+        validation_alias="RATE_LIMIT_READS",
+        description="Reads (GET) one user may send, e.g. 600/minute; several with ';'.",
+    )
+    open_jobs_per_user: int = Field(
+        5,
+        ge=1,
+        le=10000,
+        validation_alias="OPEN_JOBS_PER_USER",
+        description="Queued or running jobs one user may have; another write answers 429.",
+    )
+    job_retention_days: int = Field(
+        30,
+        # Idempotency-Key records are kept 48 hours and point at their job.
+        ge=2,
+        le=3650,
+        validation_alias="JOB_RETENTION_DAYS",
+        description="Days an ended job is kept before MongoDB's TTL index removes it.",
+    )
+    stale_sweep_batch: int = Field(
+        200,
+        ge=1,
+        le=100000,
+        validation_alias="STALE_SWEEP_BATCH",
+        description="Most jobs plus refund events the stale-job sweep sends again per run.",
+    )
     find_tokenless_networks: Annotated[list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode] = Field(
         default_factory=list,
         validation_alias="FIND_TOKENLESS_NETWORKS",
@@ -261,6 +294,17 @@ class Settings(BaseSettings):
             host, sep, port = server.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"{server!r} is not host:port")
+        return value
+
+    @field_validator("rate_limit_writes", "rate_limit_reads")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        try:
+            parsed = parse_many(value)
+        except ValueError:
+            parsed = []
+        if not parsed or any(item.amount < 1 for item in parsed):
+            raise ValueError("must be a rate such as 30/minute or 10/second;300/hour")
         return value
 
     @field_validator("mongo_url")

@@ -51,6 +51,11 @@ TEST_ENV = {
     "CELERY_VISIBILITY_TIMEOUT": "20",
     "FLOWER_PASSWORD": "test-flower-password",
     "LOG_LEVEL": "INFO",
+    # Tests burst on purpose (races of 50 pays by one user); the tests of the
+    # limits themselves build their API with the documented defaults.
+    "RATE_LIMIT_WRITES": "100000/minute",
+    "RATE_LIMIT_READS": "1000000/minute",
+    "OPEN_JOBS_PER_USER": "10000",
 }
 os.environ.update(TEST_ENV)
 

@@ -18,6 +18,7 @@ from shared.logs import bind, configure_logging, unbind
 from shared.settings import Settings, load_settings
 from web import api, health, openapi
 from web.auth import init_auth
+from web.limits import init_limits
 from web.problems import register_error_handlers
 
 
@@ -95,6 +96,8 @@ def create_app(settings: Settings | None = None, celery: Any = None) -> Flask:
     register_error_handlers(app)
     init_auth(app, settings)
     _log_requests(app)
+    # After the request log's hooks: a refused request is logged too.
+    init_limits(app, settings)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)

@@ -96,6 +96,7 @@ def _submit(
         req_hash=req_hash,
         idempotency_key=_idempotency_key(),
         precheck=precheck,
+        open_limit=_settings().open_jobs_per_user,
     )
     return _job_response(job)
 

@@ -39,8 +39,10 @@ from shared.errors import (
     JobNotFound,
     NotFound,
     PaymentNotFound,
+    RateLimited,
     ServiceError,
     ServiceUnavailable,
+    TooManyOpenJobs,
     Unauthorized,
     ValidationFailed,
 )
@@ -94,6 +96,10 @@ CODE_NOTES: dict[str, str] = {
     "`Content-Type: application/json`",
     NotFound.code: "the URL matches no operation (for example an id holding a `/`)",
     ServiceUnavailable.code: "a dependency did not answer; nothing was accepted, so retrying is safe",
+    RateLimited.code: "the caller (the token's user) spent its budget of writes (`RATE_LIMIT_WRITES`) or "
+    "reads (`RATE_LIMIT_READS`); nothing was done; `Retry-After` and `retryAfter` say when to retry",
+    TooManyOpenJobs.code: "the caller already has `OPEN_JOBS_PER_USER` jobs queued or running; nothing "
+    "was accepted; retry once one has ended (`Retry-After`)",
     CardNotFound.code: "no such card, a deleted one, or someone else's (answered exactly alike)",
     PaymentNotFound.code: "no such payment, a deleted one, or one the caller may not see",
     JobNotFound.code: "no such job, or someone else's",
@@ -204,6 +210,8 @@ _WRITE_ERRORS: tuple[ErrorSource, ...] = (
     Unauthorized,
     ValidationFailed,
     IdempotencyKeyReused,
+    RateLimited,
+    TooManyOpenJobs,
     ServiceUnavailable,
 )
 
@@ -235,7 +243,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "deleted one and one that never existed all answer 404 alike.",
         "Cards",
         (Reply(200, "The card.", "Card"),),
-        (Unauthorized, CardNotFound, ROUTE_NOT_FOUND, ValidationFailed),
+        (Unauthorized, CardNotFound, ROUTE_NOT_FOUND, ValidationFailed, RateLimited),
         parameters=(_path_id("cardId", "card"),),
     ),
     Operation(
@@ -302,7 +310,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "judged by it, and no other route is ever token-less.",
         "Payments",
         (Reply(200, "The payment.", "Payment"),),
-        (Unauthorized, PaymentNotFound, ROUTE_NOT_FOUND, ValidationFailed),
+        (Unauthorized, PaymentNotFound, ROUTE_NOT_FOUND, ValidationFailed, RateLimited),
         parameters=(_path_id("paymentId", "payment"),),
     ),
     Operation(
@@ -336,7 +344,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 ("Location", "Retry-After"),
             ),
         ),
-        (Unauthorized, JobNotFound, ROUTE_NOT_FOUND, ValidationFailed),
+        (Unauthorized, JobNotFound, ROUTE_NOT_FOUND, ValidationFailed, RateLimited),
         parameters=(_path_id("jobId", "job"), PREFER),
     ),
     Operation(
@@ -446,6 +454,8 @@ def _error_response(status: int, sources: Sequence[ErrorSource]) -> dict[str, An
     }
     if status == 401:
         response["headers"] = {"WWW-Authenticate": {"$ref": "#/components/headers/WWW-Authenticate"}}
+    if status == 429:
+        response["headers"] = {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}
     return response
 
 
@@ -522,6 +532,8 @@ PROBLEM_SOURCES: tuple[ErrorSource, ...] = (
     ValidationFailed,
     CardExpired,
     IdempotencyKeyReused,
+    RateLimited,
+    TooManyOpenJobs,
     INTERNAL_ERROR,
     CheckoutInvalid,
     ServiceUnavailable,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery, Task
@@ -56,6 +57,11 @@ class PaymentTask(Task):
         app: PaymentCelery = self.app
         return app.settings
 
+    @property
+    def job_retention(self) -> timedelta:
+        """How long an ended job is kept (JOB_RETENTION_DAYS)."""
+        return timedelta(days=self.settings.job_retention_days)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         db.connect(self.settings)
         with log_context(task_id=self.request.id, task=self.name):
@@ -71,7 +77,7 @@ class PaymentTask(Task):
         """
         with log_context(job_id=job_id):
             try:
-                jobs.run(job_id, work)
+                jobs.run(job_id, work, retention=self.job_retention)
             except Exception as exc:
                 if isinstance(exc, ServiceError):
                     error = exc
@@ -93,7 +99,7 @@ class PaymentTask(Task):
     def _retry_or_end(self, job_id: str, exc: Exception, error: ServiceError) -> None:
         if self.request.retries >= self.max_retries:
             log.warning("job %s: retries exhausted: %s", job_id, error.detail)
-            jobs.fail(job_id, error)
+            jobs.fail(job_id, error, retention=self.job_retention)
             return
         countdown = self._backoff()
         log.info("job %s: %s; retry in %ss", job_id, error.code, countdown)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from mongoengine import DictField, IntField, StringField
+from mongoengine import DateTimeField, DictField, IntField, StringField
 
 from shared.models.base import TimestampedDocument
 
@@ -18,11 +18,24 @@ class JobStatus(StrEnum):
 
 
 class Job(TimestampedDocument):
-    """Written before its task is sent; only the worker moves it on."""
+    """Written before its task is sent; only the worker moves it on.
+
+    An ended job gets ``expiresAt`` (JOB_RETENTION_DAYS after it ended) and
+    MongoDB's TTL monitor removes it then; the payments, ledger entries and
+    cards it made are other documents and stay.  An open job has none.
+    """
 
     meta: ClassVar[dict[str, Any]] = {
         "collection": "jobs",
-        "indexes": [{"fields": ["ownerId", "createdAt"]}],
+        "indexes": [
+            {"fields": ["ownerId", "createdAt"]},
+            # The open-job cap counts a user's queued and running jobs.
+            {"fields": ["ownerId", "status"]},
+            # The stale-job sweep reads the oldest open jobs first.
+            {"fields": ["status", "updatedAt"]},
+            # Each document's own expiresAt is its expiry time.
+            {"fields": ["expiresAt"], "expireAfterSeconds": 0},
+        ],
     }
 
     type = StringField(required=True)  # e.g. "card.add", "payment.pay"
@@ -37,6 +50,8 @@ class Job(TimestampedDocument):
     resourceId = StringField()
     #: SHA-256 of the request, for Idempotency-Key comparisons.
     requestHash = StringField()
+    #: When the TTL index removes the ended job; unset while it is open.
+    expiresAt = DateTimeField()
 
     @property
     def ended(self) -> bool:

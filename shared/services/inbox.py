@@ -33,11 +33,16 @@ def settle(event_id: str, status: str, reason: str | None = None) -> None:
     )
 
 
-def requeue_stale(sender: TaskSender, older_than: timedelta, limit: int = 1000) -> int:
-    """Send again every event still unsettled after ``older_than`` (refund tasks are idempotent)."""
+def requeue_stale(sender: TaskSender, older_than: timedelta, limit: int) -> int:
+    """Send again, oldest first, at most ``limit`` events still unsettled after ``older_than``.
+
+    Refund tasks are idempotent; each event sent is touched, so the next run takes the ones after it.
+    """
     cutoff = utcnow() - older_than
     count = 0
-    for event in RefundEvent.objects(status="received", updatedAt__lt=cutoff).limit(limit):
+    for event in (
+        RefundEvent.objects(status="received", updatedAt__lt=cutoff).order_by("updatedAt").limit(limit)
+    ):
         RefundEvent.objects(id=event.id).update_one(set__updatedAt=utcnow())
         sender.send_task(event.task, kwargs=event.kwargs)
         log.warning("requeued unsettled refund event %s", event.id)

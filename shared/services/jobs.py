@@ -19,7 +19,13 @@ from typing import Any, Protocol
 from bson import ObjectId
 from mongoengine.errors import NotUniqueError
 
-from shared.errors import IdempotencyKeyReused, JobNotFound, ServiceError, ServiceUnavailable
+from shared.errors import (
+    IdempotencyKeyReused,
+    JobNotFound,
+    ServiceError,
+    ServiceUnavailable,
+    TooManyOpenJobs,
+)
 from shared.logs import log_context
 from shared.models import IdempotencyRecord, Job, JobStatus
 from shared.models.base import utcnow
@@ -65,6 +71,7 @@ def submit(
     req_hash: str,
     idempotency_key: str | None,
     precheck: Callable[[], object] | None = None,
+    open_limit: int | None = None,
 ) -> tuple[Job, bool]:
     """Record a job and queue its task; return the job and whether it is new.
 
@@ -72,6 +79,8 @@ def submit(
     the same job, even when sent concurrently (the key's record has a unique
     ``_id``); the same key with another request is refused.  ``precheck``
     runs only for a new job (a replay answers with the job it already made).
+    With ``open_limit``, a user who already has that many queued or running
+    jobs is refused (:class:`TooManyOpenJobs`) and nothing is stored.
     """
     job = Job(
         id=ObjectId(),
@@ -100,6 +109,7 @@ def submit(
         # The job first, then the key: whoever loses the race on the key
         # finds the winner's job already stored.
         job.save(force_insert=True)
+        _within_open_limit(job, open_limit)
         record = IdempotencyRecord(id=record_id, requestHash=req_hash, jobId=str(job.id))
         try:
             record.save(force_insert=True)
@@ -110,6 +120,7 @@ def submit(
         if precheck is not None:
             precheck()
         job.save(force_insert=True)
+        _within_open_limit(job, open_limit)
     try:
         sender.send_task(TASKS[job_type], args=[str(job.id)])
     except Exception as exc:
@@ -120,6 +131,24 @@ def submit(
             record.delete()
         raise ServiceUnavailable("The job could not be queued; nothing was accepted.") from exc
     return job, True
+
+
+def _within_open_limit(job: Job, open_limit: int | None) -> None:
+    """Undo and refuse the stored ``job`` if its owner now has more than ``open_limit`` open jobs.
+
+    Counted after the insert, so that concurrent submissions each see the
+    others: the cap can refuse one too many in a race, never admit one.
+    """
+    if open_limit is None:
+        return
+    open_jobs = Job.objects(ownerId=job.ownerId, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).count()
+    if open_jobs > open_limit:
+        job.delete()
+        raise TooManyOpenJobs(
+            f"At most {open_limit} jobs of a user may be queued or running; wait for one to end.",
+            extra={"openJobLimit": open_limit},
+            retry_after=1,
+        )
 
 
 def _replay(record: IdempotencyRecord, req_hash: str) -> Job:
@@ -159,26 +188,34 @@ def start(job_id: str) -> Job | None:
     return Job.objects(id=job_id).first() if updated else None
 
 
-def succeed(job_id: str, result: dict[str, Any]) -> None:
+def succeed(job_id: str, result: dict[str, Any], *, retention: timedelta) -> None:
+    """End the job with its result; it expires ``retention`` from now."""
     updates: dict[str, Any] = {}
     if "id" in result:  # the resource the job made (a payment's id is known only now)
         updates["set__resourceId"] = result["id"]
+    now = utcnow()
     Job.objects(id=job_id, status=JobStatus.RUNNING).update_one(
         set__status=JobStatus.SUCCEEDED,
         set__result=to_bson(result),
         set__error=None,
-        set__updatedAt=utcnow(),
+        set__updatedAt=now,
+        set__expiresAt=now + retention,
         **updates,
     )
 
 
-def fail(job_id: str, error: ServiceError) -> None:
+def fail(job_id: str, error: ServiceError, *, retention: timedelta) -> None:
+    """End the job with its error; it expires ``retention`` from now."""
+    now = utcnow()
     Job.objects(id=job_id, status=JobStatus.RUNNING).update_one(
-        set__status=JobStatus.FAILED, set__error=error.to_dict(), set__updatedAt=utcnow()
+        set__status=JobStatus.FAILED,
+        set__error=error.to_dict(),
+        set__updatedAt=now,
+        set__expiresAt=now + retention,
     )
 
 
-def run(job_id: str, work: Callable[[Job], dict[str, Any]]) -> None:
+def run(job_id: str, work: Callable[[Job], dict[str, Any]], *, retention: timedelta) -> None:
     """Run a job's work once; typed errors that are final end the job.
 
     Retryable errors propagate, so that the task retries; the caller ends the
@@ -194,30 +231,40 @@ def run(job_id: str, work: Callable[[Job], dict[str, Any]]) -> None:
         except ServiceError as error:
             if error.retryable:
                 raise
-            fail(job_id, error)
+            fail(job_id, error, retention=retention)
             log.info("job failed: %s", error.code)
             return
-        succeed(job_id, result)
+        succeed(job_id, result, retention=retention)
         log.info("job succeeded")
 
 
-def requeue_stale(sender: TaskSender, older_than: timedelta, extra_job_ids: list[str] | None = None) -> int:
-    """Send again the tasks of jobs nobody moved for ``older_than``; return how many.
+def requeue_stale(
+    sender: TaskSender, older_than: timedelta, limit: int, extra_job_ids: list[str] | None = None
+) -> int:
+    """Send again the tasks of at most ``limit`` jobs nobody moved for ``older_than``; return how many.
 
     A job can be left behind when the web process dies between storing it and
     sending its task, or when a worker cannot end it (the database away).  The
     tasks are idempotent, so sending one again is safe; ``extra_job_ids``
-    names jobs to send regardless (reopened charges).
+    names jobs to send first (reopened charges).  The oldest go first; each
+    one sent is touched, so the next run takes the ones after it: a backlog
+    drains over several runs instead of flooding the broker in one.
     """
     cutoff = utcnow() - older_than
-    stale = {
-        str(j.id): j.type
-        for j in Job.objects(status__in=[JobStatus.QUEUED, JobStatus.RUNNING], updatedAt__lt=cutoff).only(
-            "id", "type"
-        )
-    }
-    for job in Job.objects(id__in=extra_job_ids or []).only("id", "type"):
+    stale: dict[str, str] = {}
+    for job in Job.objects(id__in=(extra_job_ids or [])[:limit]).only("id", "type"):
         stale[str(job.id)] = job.type
+    if len(stale) < limit:
+        oldest = (
+            Job.objects(status__in=[JobStatus.QUEUED, JobStatus.RUNNING], updatedAt__lt=cutoff)
+            .order_by("updatedAt")
+            .only("id", "type")
+            .limit(limit)
+        )
+        for job in oldest:
+            if len(stale) >= limit:
+                break
+            stale[str(job.id)] = job.type
     for job_id, job_type in stale.items():
         Job.objects(id=job_id).update_one(set__updatedAt=utcnow())
         sender.send_task(TASKS[job_type], args=[job_id])

@@ -208,19 +208,21 @@ def deletable_payment(principal: Principal, payment_id: str) -> Payment:
     raise PaymentNotFound(f"No payment {payment_id}.")
 
 
-def resume_stale_charges(older_than: timedelta) -> list[str]:
-    """Jobs of charges left pending longer than ``older_than``, reopened to be run again.
+def resume_stale_charges(older_than: timedelta, limit: int) -> list[str]:
+    """Jobs of at most ``limit`` charges left pending longer than ``older_than``, reopened to be run again.
 
     A charge whose retries ran out after it claimed its checkout (say, the
     database was away for minutes) must not stay half-done: the debit may have
-    happened.  Its job is reopened and resumes the state machine; releasing
-    the checkout instead could race a debit still in flight.
+    happened.  Its job is reopened (and no longer expires) and resumes the
+    state machine; releasing the checkout instead could race a debit still in
+    flight.  The oldest go first; the rest wait for the next run.
     """
     cutoff = utcnow() - older_than
     reopened = []
-    for payment in Payment.objects(state=PaymentState.PENDING, updatedAt__lt=cutoff).only("jobId"):
+    pending = Payment.objects(state=PaymentState.PENDING, updatedAt__lt=cutoff).order_by("updatedAt")
+    for payment in pending.only("jobId").limit(limit):
         Job.objects(id=payment.jobId, status="failed").update_one(
-            set__status="queued", set__error=None, set__updatedAt=utcnow()
+            set__status="queued", set__error=None, set__updatedAt=utcnow(), unset__expiresAt=True
         )
         reopened.append(payment.jobId)
     return reopened

@@ -23,12 +23,12 @@ from werkzeug.routing import Rule
 import shared
 import web
 import workers
-from shared.errors import CsrfRejected, ServiceError
+from shared.errors import CsrfRejected, RateLimited, ServiceError
 from shared.services.views import BASE
 from shared.settings import Settings
 from tests.support import ServedApp
 from tests.web.conftest import Client, luhn_number
-from web import create_app
+from web import api, create_app
 from web.openapi import BODY_TOO_LARGE, DOCUMENT_PATH, ROUTE_NOT_FOUND, build_document
 from web.schemas import AddCardRequest, PayRequest
 
@@ -177,6 +177,9 @@ def _derived_problems(method: str, rule: Rule, view: Callable[..., Any]) -> set[
     if rule.arguments:
         # Werkzeug's router: an id with a "/" in it matches no rule.
         derived.add((ROUTE_NOT_FOUND.status, ROUTE_NOT_FOUND.code))
+    if rule.endpoint.startswith(f"{api.bp.name}."):
+        # web.limits: the rate limiter answers before any view of the API blueprint runs.
+        derived.add((RateLimited.status, RateLimited.code))
     return {(status, code) for status, code in derived if (method, code) not in UNREACHABLE}
 
 

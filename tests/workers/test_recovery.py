@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -56,7 +57,7 @@ def test_a_charge_that_ran_out_of_retries_after_its_debit_is_resumed_and_debits_
     # The worker is lost, and the job was ended as its retries ran out.
     stop_worker(world.worker, signal.SIGKILL)
     Job.objects(id=job_id).update_one(set__status="running")
-    jobs.fail(job_id, ServiceUnavailable("the database did not answer"))
+    jobs.fail(job_id, ServiceUnavailable("the database did not answer"), retention=timedelta(days=30))
     assert Payment.objects.get(checkoutId=checkout["_id"]).state == PaymentState.PENDING
     world.worker = world.start_worker("fault-c")
     world.celery.send_task("jobs.requeue_stale", kwargs={"older_than_seconds": 0})

@@ -22,18 +22,25 @@ log = logging.getLogger(__name__)
 
 @shared_task(bind=True, name="jobs.requeue_stale", max_retries=0)
 def requeue_stale(self: PaymentTask, older_than_seconds: float = STALE_AFTER_SECONDS) -> int:
+    """Send again what was left behind: at most STALE_SWEEP_BATCH jobs and refund events per run.
+
+    Jobs (reopened charges first) take the budget before refund events; what
+    is left over waits for the next run, a minute later.
+    """
     older_than = timedelta(seconds=older_than_seconds)
-    reopened = payments.resume_stale_charges(older_than)
-    return jobs.requeue_stale(self.app, older_than, extra_job_ids=reopened) + inbox.requeue_stale(
-        self.app, older_than
-    )
+    budget = self.settings.stale_sweep_batch
+    reopened = payments.resume_stale_charges(older_than, limit=budget)
+    sent = jobs.requeue_stale(self.app, older_than, limit=budget, extra_job_ids=reopened)
+    if sent < budget:
+        sent += inbox.requeue_stale(self.app, older_than, limit=budget - sent)
+    return sent
 
 
 @shared_task(bind=True, name="jobs.requeue_unstarted", max_retries=0)
 def requeue_unstarted(self: PaymentTask) -> int:
     """Run by beat every 20 s: jobs no worker started (their message lost with the broker's last writes)."""
     older_than = timedelta(seconds=self.settings.job_unstarted_requeue_seconds)
-    return jobs.requeue_unstarted(self.app, older_than)
+    return jobs.requeue_unstarted(self.app, older_than, limit=self.settings.stale_sweep_batch)
 
 
 @shared_task(name="maintenance.reconcile", max_retries=0, time_limit=3600, soft_time_limit=3500)

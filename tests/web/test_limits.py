@@ -1,0 +1,366 @@
+"""One token cannot starve the others: per-user rate limits, the open-job cap, job expiry, the bounded sweep.
+
+The suite's own API runs with limits raised (tests burst on purpose); the
+APIs here are built with the documented defaults, or with small limits where
+a test needs to reach one quickly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import jwt
+import pytest
+import redis
+import requests
+from bson import ObjectId
+from pymongo.database import Database
+
+from shared.errors import ServiceUnavailable
+from shared.models import Job, Payment, PaymentState
+from shared.services import jobs, payments
+from shared.settings import ConfigurationError, Settings, load_settings
+from tests.conftest import RUN_ID, TEST_ENV, make_settings
+from tests.support import ServedApp
+from tests.web.conftest import API, Client
+from web import create_app
+from workers.app import create_celery
+
+
+def _default(name: str) -> Any:
+    return Settings.model_fields[name].default
+
+
+#: The limits an operator gets without configuring any.
+DEFAULT_LIMITS = {
+    name: _default(name) for name in ("rate_limit_writes", "rate_limit_reads", "open_jobs_per_user")
+}
+
+
+@pytest.fixture
+def limited_api(settings: Settings, celery_app: Any, celery_worker: Any, topics: list[str]) -> Iterator[Any]:
+    """``limited_api(**settings)``: an API over HTTP with these limits, the session's worker behind it."""
+    served: list[ServedApp] = []
+
+    def make(**overrides: Any) -> ServedApp:
+        app = create_app(make_settings(**{**DEFAULT_LIMITS, **overrides}), celery_app)
+        served.append(ServedApp(app))
+        return served[-1]
+
+    yield make
+    for one in served:
+        one.close()
+
+
+def _is_rate_limited(response: requests.Response, code: str = "rate_limited") -> bool:
+    if response.status_code != 429:
+        return False
+    body = response.json()
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert body["code"] == code, body
+    assert 1 <= int(response.headers["Retry-After"]) <= 60, response.headers
+    return True
+
+
+# -- rate limits -------------------------------------------------------------------
+
+
+def test_writes_over_the_budget_answer_429_problem_json_with_retry_after(limited_api: Any) -> None:
+    api = limited_api(rate_limit_writes="2/minute")
+    greedy, other = Client(api.url), Client(api.url)
+    pays = [greedy.pay(str(ObjectId()), str(ObjectId())) for _ in range(3)]
+    assert [r.status_code for r in pays[:2]] == [202, 202]
+    assert _is_rate_limited(pays[2])
+    assert pays[2].json()["retryAfter"] == int(pays[2].headers["Retry-After"])
+    # Another user's budget is untouched, and reads have their own.
+    assert other.pay(str(ObjectId()), str(ObjectId())).status_code == 202
+    assert greedy.call("GET", f"/get/{ObjectId()}").status_code == 404
+
+
+def test_reads_over_the_budget_answer_429_but_health_and_the_document_stay_free(limited_api: Any) -> None:
+    api = limited_api(rate_limit_reads="3/minute")
+    client = Client(api.url)
+    statuses = [client.call("GET", f"/find/{ObjectId()}").status_code for _ in range(3)]
+    assert statuses == [404, 404, 404]
+    assert _is_rate_limited(client.call("GET", f"/jobs/{ObjectId()}"))
+    for path in ("/healthz", f"{API}/openapi.json"):
+        assert all(requests.get(f"{api.url}{path}", timeout=10).status_code == 200 for _ in range(5))
+
+
+def test_a_forged_token_naming_a_user_cannot_spend_that_users_budget(limited_api: Any) -> None:
+    api = limited_api(rate_limit_writes="2/minute")
+    victim = Client(api.url)
+    forged = jwt.encode(
+        {"userId": victim.user_id, "userType": ["default"], "exp": int(time.time()) + 600},
+        "not-the-secret-of-the-user-service-0123456789",
+        algorithm="HS256",
+    )
+    for _ in range(5):
+        answer = requests.post(
+            f"{api.url}{API}/pay/{ObjectId()}?cardId={ObjectId()}",
+            headers={"Authorization": f"Bearer {forged}"},
+            timeout=10,
+        )
+        assert answer.status_code in (401, 429)
+    assert [victim.pay(str(ObjectId()), str(ObjectId())).status_code for _ in range(2)] == [202, 202]
+
+
+@pytest.mark.slow
+def test_one_token_bursting_500_pays_gets_429s_while_another_users_pay_succeeds_in_normal_time(
+    limited_api: Any, seed_checkout: Callable[..., dict[str, Any]]
+) -> None:
+    api = limited_api()  # the documented defaults
+    greedy, victim = Client(api.url), Client(api.url)
+    card = victim.add_card(money=1000)
+
+    def victim_pays() -> float:
+        checkout = seed_checkout(victim.user_id, total="1.00")
+        started = time.monotonic()
+        answer = victim.pay(checkout["_id"], card["id"], headers={"Prefer": "wait=10"})
+        elapsed = time.monotonic() - started
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "succeeded", answer.json()
+        return elapsed
+
+    normal = [victim_pays() for _ in range(5)]
+
+    statuses: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def burst_one(_: int) -> None:
+        greedy_session = requests.Session()
+        answer = greedy_session.post(
+            f"{api.url}{API}/pay/{ObjectId()}?cardId={ObjectId()}",
+            headers={"Authorization": f"Bearer {greedy.token}"},
+            timeout=30,
+        )
+        key = str(answer.status_code)
+        if answer.status_code == 429:
+            _is_rate_limited(answer, answer.json()["code"])
+            key = f"429 {answer.json()['code']}"
+        with lock:
+            statuses[key] += 1
+
+    during: list[float] = []
+    burst_started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        burst = pool.map(burst_one, range(500))
+        time.sleep(0.2)  # the burst is under way
+        during = [victim_pays() for _ in range(5)]
+        list(burst)
+    burst_seconds = time.monotonic() - burst_started
+
+    limited = sum(count for key, count in statuses.items() if key.startswith("429"))
+    print(
+        f"\nburst of 500 pays by one token in {burst_seconds:.1f}s: {dict(statuses)}; "
+        f"another user's pay (POST to succeeded job), before: median "
+        f"{statistics.median(normal) * 1000:.0f} ms "
+        f"max {max(normal) * 1000:.0f} ms; during: median {statistics.median(during) * 1000:.0f} ms "
+        f"max {max(during) * 1000:.0f} ms"
+    )
+    assert sum(statuses.values()) == 500
+    accepted = statuses["202"]
+    # The moving window admits at most the budget of writes (30 a minute).
+    assert accepted <= 30
+    assert limited == 500 - accepted
+    assert limited >= 470
+    # "Within its normal time": generous for a shared 2-core machine.
+    assert max(during) <= max(2.0, 5 * max(normal)), (normal, during)
+    assert Decimal(str(victim.call("GET", f"/get/{card['id']}").json()["money"])) == Decimal("990.00")
+
+
+# -- the open-job cap --------------------------------------------------------------
+
+
+@pytest.fixture
+def idle_api(checkout_service: Any) -> Iterator[Callable[..., ServedApp]]:
+    """An API on a broker prefix no worker reads: its jobs stay queued."""
+    served: list[ServedApp] = []
+
+    def make(**overrides: Any) -> ServedApp:
+        settings = make_settings(
+            **{**DEFAULT_LIMITS, "broker_key_prefix": f"{RUN_ID}idle{len(served)}:", **overrides}
+        )
+        served.append(ServedApp(create_app(settings, create_celery(settings))))
+        return served[-1]
+
+    yield make
+    for one in served:
+        one.close()
+
+
+def test_a_user_with_the_most_open_jobs_gets_429_too_many_open_jobs_and_nothing_is_stored(
+    idle_api: Callable[..., ServedApp], mongo: Database[dict[str, Any]]
+) -> None:
+    api = idle_api(open_jobs_per_user=3)
+    client, other = Client(api.url), Client(api.url)
+    answers = [client.pay(str(ObjectId()), str(ObjectId())) for _ in range(3)]
+    assert [a.status_code for a in answers] == [202, 202, 202]
+    refused = client.pay(str(ObjectId()), str(ObjectId()), headers={"Idempotency-Key": "k-4"})
+    assert _is_rate_limited(refused, "too_many_open_jobs")
+    assert refused.json()["openJobLimit"] == 3
+    assert mongo.jobs.count_documents({"ownerId": client.user_id}) == 3
+    key_record = hashlib.sha256(f"{client.user_id}\x00k-4".encode()).hexdigest()
+    assert mongo.idempotency_keys.find_one({"_id": key_record}) is None
+    # Others are not concerned; once a job ends, the user may write again.
+    assert other.pay(str(ObjectId()), str(ObjectId())).status_code == 202
+    Job.objects(id=answers[0].json()["id"]).update_one(set__status="failed")
+    assert client.pay(str(ObjectId()), str(ObjectId()), headers={"Idempotency-Key": "k-4"}).status_code == 202
+
+
+def test_concurrent_writes_never_open_more_jobs_than_the_cap(
+    idle_api: Callable[..., ServedApp], mongo: Database[dict[str, Any]]
+) -> None:
+    api = idle_api(open_jobs_per_user=4, rate_limit_writes="1000/minute")
+    client = Client(api.url)
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        statuses = list(
+            pool.map(lambda _: client.pay(str(ObjectId()), str(ObjectId())).status_code, range(24))
+        )
+    assert set(statuses) <= {202, 429}
+    assert 1 <= statuses.count(202) <= 4
+    assert mongo.jobs.count_documents({"ownerId": client.user_id}) == statuses.count(202)
+
+
+# -- ended jobs expire; money movements stay ---------------------------------------
+
+
+def test_jobs_have_a_ttl_index_on_their_own_expiry_time_and_money_movements_have_none(
+    mongo: Database[dict[str, Any]],
+) -> None:
+    Job.ensure_indexes()
+    ttl = {
+        name: spec for name, spec in mongo.jobs.index_information().items() if "expireAfterSeconds" in spec
+    }
+    assert [(spec["key"], spec["expireAfterSeconds"]) for spec in ttl.values()] == [([("expiresAt", 1)], 0)]
+    for collection in ("payments", "ledger", "cards"):
+        indexes = mongo[collection].index_information().values()
+        assert not [spec for spec in indexes if "expireAfterSeconds" in spec], collection
+
+
+def test_an_ended_job_expires_after_the_retention_and_an_open_one_never(
+    client: Client, mongo: Database[dict[str, Any]]
+) -> None:
+    card = client.add_card(money=5)
+    ended = mongo.jobs.find_one({"ownerId": client.user_id, "status": "succeeded"})
+    assert ended is not None
+    days = _default("job_retention_days")
+    assert days == 30
+    assert ended["expiresAt"] - ended["updatedAt"] == timedelta(days=days)
+    failed = client.wait(client.pay(str(ObjectId()), card["id"]))
+    assert failed["status"] == "failed", failed
+    open_job = client.pay(str(ObjectId()), card["id"], headers={"Prefer": "wait=0"}).json()
+    if open_job["status"] in ("queued", "running"):
+        assert "expiresAt" not in (mongo.jobs.find_one({"_id": ObjectId(open_job["id"])}) or {})
+    stored = mongo.jobs.find_one({"_id": ObjectId(failed["id"])})
+    assert stored is not None
+    assert stored["expiresAt"] - stored["updatedAt"] == timedelta(days=days)
+
+
+def test_the_retention_is_the_setting_and_a_reopened_charge_no_longer_expires() -> None:
+    assert make_settings(JOB_RETENTION_DAYS="7").job_retention_days == 7
+    job = Job(type="payment.pay", ownerId=str(ObjectId()), params={}, status="running")
+    job.save()
+    jobs.fail(str(job.id), ServiceUnavailable("away"), retention=timedelta(days=7))
+    job.reload()
+    assert job.expiresAt - job.updatedAt == timedelta(days=7)
+    Payment(
+        userId=job.ownerId,
+        checkoutId=str(ObjectId()),
+        creditCardId=str(ObjectId()),
+        totalPrice=Decimal("1.00"),
+        cardHolderName="Ada Lovelace",
+        cardNumber="************4242",
+        expireDate="12/39",
+        state=PaymentState.PENDING,
+        jobId=str(job.id),
+    ).save()
+    assert str(job.id) in payments.resume_stale_charges(timedelta(seconds=-5), limit=1000)
+    job.reload()
+    assert job.status == "queued"
+    assert job.expiresAt is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("JOB_RETENTION_DAYS", "1"),  # Idempotency-Key records (48 h) would outlive their job
+        ("RATE_LIMIT_WRITES", "0/minute"),
+        ("RATE_LIMIT_READS", "lots"),
+        ("OPEN_JOBS_PER_USER", "0"),
+        ("STALE_SWEEP_BATCH", "0"),
+    ],
+)
+def test_limits_that_make_no_sense_stop_the_process_naming_the_variable(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=variable):
+        load_settings(_env_file=None)
+
+
+# -- the stale-job sweep is bounded --------------------------------------------------
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def send_task(self, _name: str, args: Any = None, **_options: Any) -> None:
+        self.sent.append(args[0])
+
+
+def test_the_stale_sweep_sends_at_most_its_batch_oldest_first_and_the_rest_next_time() -> None:
+    owner = str(ObjectId())
+    stored = []
+    for _ in range(7):
+        job, _created = jobs.submit(
+            _Recorder(),
+            job_type="card.delete",
+            owner=owner,
+            params={},
+            resource_id=None,
+            req_hash="h",
+            idempotency_key=None,
+        )
+        stored.append(str(job.id))
+    mine = set(stored)
+    first, second = _Recorder(), _Recorder()
+    assert jobs.requeue_stale(first, timedelta(0), limit=3) == 3
+    assert jobs.requeue_stale(second, timedelta(0), limit=3) == 3
+    # Other tests' open jobs may be older than ours; every one is sent once before any twice.
+    assert not set(first.sent) & set(second.sent)
+    swept = [job_id for job_id in first.sent + second.sent if job_id in mine]
+    assert swept == stored[: len(swept)]
+
+
+def test_the_sweep_task_sends_no_more_than_stale_sweep_batch_to_the_broker(checkout_service: Any) -> None:
+    prefix = f"{RUN_ID}sweep:"
+    settings = make_settings(broker_key_prefix=prefix, stale_sweep_batch=4)
+    celery = create_celery(settings)
+    celery.loader.import_default_modules()
+    owner = str(ObjectId())
+    for _ in range(6):
+        jobs.submit(
+            _Recorder(),
+            job_type="card.delete",
+            owner=owner,
+            params={},
+            resource_id=None,
+            req_hash="h",
+            idempotency_key=None,
+        )
+    sent = celery.tasks["jobs.requeue_stale"].apply(kwargs={"older_than_seconds": 0}).get()
+    assert sent == 4
+    with redis.Redis.from_url(TEST_ENV["CELERY_BROKER_URL"]) as broker:
+        queued = sum(int(broker.llen(f"{prefix}{queue}")) for queue in ("cards", "payments", "refunds"))
+    assert queued == 4

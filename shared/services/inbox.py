@@ -27,6 +27,11 @@ def hand_over(sender: TaskSender, event_id: str, task: str, kwargs: dict[str, An
     sender.send_task(task, kwargs=kwargs)
 
 
+def touch(event_id: str) -> None:
+    """An attempt is running: the sweep leaves a chain alone while its attempts keep coming."""
+    RefundEvent.objects(id=event_id, status="received").update_one(set__updatedAt=utcnow())
+
+
 def settle(event_id: str, status: str, reason: str | None = None) -> None:
     RefundEvent.objects(id=event_id, status="received").update_one(
         set__status=status, set__reason=reason, set__updatedAt=utcnow()
@@ -34,7 +39,12 @@ def settle(event_id: str, status: str, reason: str | None = None) -> None:
 
 
 def requeue_stale(sender: TaskSender, older_than: timedelta, limit: int = 1000) -> int:
-    """Send again every event still unsettled after ``older_than`` (refund tasks are idempotent)."""
+    """Send again every event no attempt touched for ``older_than`` (refund tasks are idempotent).
+
+    Every attempt moves ``updatedAt``, so a chain still retrying is not sent a
+    second time; an event whose refund is recorded but not finished when its
+    retries ran out stays ``received`` and is sent again here until it is.
+    """
     cutoff = utcnow() - older_than
     count = 0
     for event in RefundEvent.objects(status="received", updatedAt__lt=cutoff).limit(limit):

@@ -173,5 +173,9 @@ class RefundContended(ServiceUnavailable):
     code, title = "refund_contended", "The payment kept changing; the refund will be retried"
 
 
+class CardContended(ServiceUnavailable):
+    code, title = "card_contended", "The card kept changing; the operation will be retried"
+
+
 class EventNotPublished(ServiceUnavailable):
     code, title = "event_not_published", "Kafka did not acknowledge the event"

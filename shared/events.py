@@ -72,13 +72,16 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def dead_letter(settings: Settings, value: bytes | None, event_id: str, reason: str, detail: str) -> None:
-    """Set a refund message aside on the dead-letter topic, with why and where it came from.
+def dead_letter_headers(event_id: str, reason: str, detail: str) -> list[tuple[str, bytes]]:
+    """Why the message was set aside, and where it came from.
 
-    The value is the original message, byte for byte; the reason and the
-    source coordinates travel in headers.
+    The event id is ``topic:topicId:partition:offset`` (``topic:partition:offset``
+    for events handed over before topic ids were part of it); topic names
+    cannot hold a colon.
     """
-    topic, partition, offset = event_id.rsplit(":", 2)
+    topic, *rest = event_id.split(":")
+    topic_id = rest[0] if len(rest) == 3 else None
+    partition, offset = rest[-2:] if len(rest) >= 2 else ("", "")
     headers = [
         ("reason", reason.encode()),
         ("detail", detail[:1000].encode()),
@@ -87,5 +90,21 @@ def dead_letter(settings: Settings, value: bytes | None, event_id: str, reason: 
         ("source-partition", partition.encode()),
         ("source-offset", offset.encode()),
     ]
-    publish(settings, settings.topic_dead_letter, value or b"", headers=headers)
+    if topic_id is not None:
+        headers.append(("source-topic-id", topic_id.encode()))
+    return headers
+
+
+def dead_letter(settings: Settings, value: bytes | None, event_id: str, reason: str, detail: str) -> None:
+    """Set a refund message aside on the dead-letter topic, with why and where it came from.
+
+    The value is the original message, byte for byte; the reason and the
+    source coordinates travel in headers.
+    """
+    publish(
+        settings,
+        settings.topic_dead_letter,
+        value or b"",
+        headers=dead_letter_headers(event_id, reason, detail),
+    )
     log.warning("refund event dead-lettered", extra={"fields": {"event_id": event_id, "reason": reason}})

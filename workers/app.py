@@ -105,16 +105,27 @@ class PaymentTask(Task):
         log.info("job %s: %s; retry in %ss", job_id, error.code, countdown)
         raise self.retry(exc=exc, countdown=countdown) from None
 
-    def run_event(self, event_id: str, raw: str | None, work: Callable[[], Any]) -> None:
+    def run_event(
+        self,
+        event_id: str,
+        raw: str | None,
+        work: Callable[[], Any],
+        recorded: Callable[[], bool] | None = None,
+    ) -> None:
         """Apply a Kafka event; set it aside if it can never apply; retry the transient.
 
         A rejected event changes nothing and goes to the dead-letter topic with
-        its reason.  Transient failures retry with backoff and jitter; when the
-        retries run out the event is dead-lettered too (``retries_exhausted``),
-        so that an operator can replay it: an event is never dropped.
+        its reason.  Transient failures retry with backoff and jitter.  When the
+        retries run out, an event that ``recorded`` says was not recorded yet
+        is dead-lettered (``retries_exhausted``), so that an operator can replay
+        it; one that was (or that cannot be told) stays in the inbox, where the
+        sweep sends it again: what is recorded is finished, never set aside (a
+        replayed dead letter would be a new event, a second refund).  Every
+        attempt touches the inbox entry, so the sweep never doubles a live chain.
         """
         with log_context(event_id=event_id):
             try:
+                inbox.touch(event_id)
                 work()
                 inbox.settle(event_id, "applied")
             except RefundRejected as rejected:
@@ -124,12 +135,28 @@ class PaymentTask(Task):
                 if not isinstance(exc, ServiceError | ConnectionFailure):
                     log.exception("event %s: unexpected error", event_id)
                 if self.request.retries >= self.max_retries:
+                    if _may_be_recorded(recorded):
+                        log.error(
+                            "event %s: recorded, not finished after its retries; the sweep resends it",
+                            event_id,
+                        )
+                        return
                     events.dead_letter(self.settings, _raw(raw), event_id, "retries_exhausted", str(exc))
                     inbox.settle(event_id, "dead_lettered", "retries_exhausted")
                     return
                 countdown = self._backoff()
                 log.info("event %s: %s; retry in %ss", event_id, exc, countdown)
                 raise self.retry(exc=exc, countdown=countdown) from None
+
+
+def _may_be_recorded(recorded: Callable[[], bool] | None) -> bool:
+    if recorded is None:
+        return False
+    try:
+        return recorded()
+    except Exception:  # the database is away: it may be recorded; never set it aside then
+        log.exception("could not tell whether the event is recorded")
+        return True
 
 
 def _raw(raw: str | None) -> bytes | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from mongoengine import DateTimeField, Decimal128Field, ListField, StringField
+from mongoengine import DateTimeField, Decimal128Field, IntField, ListField, StringField
 
 from shared.models.base import TimestampedDocument
 
@@ -35,9 +35,20 @@ class Card(TimestampedDocument):
     brand = StringField(required=True)
     expireDate = StringField(required=True, regex=r"^\d{2}/\d{2}$")
     money = Decimal128Field(required=True, precision=2)
-    #: Payments whose debit this card took, recorded in the same atomic update
-    #: as the balance change, so a retried charge never debits twice.
+    #: Operations on the balance not settled yet (``debit:<paymentId>:<jobId>``,
+    #: ``nodebit:<paymentId>:<jobId>``, ``credit:<eventId>``), each pushed in
+    #: the same atomic update that decides it and pulled once its outcome is
+    #: recorded elsewhere; so the list holds only what is in flight
+    #: (shared/services/card_ops.py).
+    inflight = ListField(StringField())
+    #: Bumped by every update of the balance or of ``inflight``: a decision
+    #: read at one version is written only if the card is still at it.  No
+    #: default: a card stored before it existed has none, and the filter
+    #: ``version: null`` matches that.
+    version = IntField(min_value=0)
+    #: Legacy markers of earlier versions (every payment and refund ever,
+    #: unbounded).  No longer written; still honoured in the filters, so an
+    #: operation in flight across the upgrade is not applied twice.
     debits = ListField(StringField())
-    #: Refund events credited to this card, likewise.
     credits = ListField(StringField())
     deletedAt = DateTimeField()

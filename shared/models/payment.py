@@ -23,10 +23,12 @@ class PaymentState(StrEnum):
     """The charge's state machine; a retried charge resumes from the stored state.
 
     pending: the checkout is claimed by one job (unique checkoutId); the card
-        may or may not have been debited yet (the card's ``debits`` says).
+        may or may not have been debited yet (the card's ``inflight`` says
+        while the debit is not recorded here).
     charged: the debit is applied and recorded; the payment is visible.
-    failed: the charge ended without a debit (e.g. insufficient funds); a new
-        job may claim the checkout again.
+    failed: the card refused this job's debit (e.g. insufficient funds), a
+        decision taken once on the card, so it can never be debited for this
+        job after all; a new job may claim the checkout again.
     """
 
     PENDING = "pending"
@@ -46,13 +48,15 @@ class PaymentProduct(EmbeddedDocument):
 class Refund(EmbeddedDocument):
     """One applied refund event; its presence on the payment makes the event applied once."""
 
-    eventId = StringField(required=True)  # "<topic>:<partition>:<offset>" of the order service's message
+    eventId = StringField(
+        required=True
+    )  # "<topic>:<topicId>:<partition>:<offset>" of the order service's message
     kind = StringField(required=True, choices=["order", "product"])
     productId = StringField()
     quantity = IntField(min_value=0)
     amount = Decimal128Field(required=True, precision=2)
     at = DateTimeField(required=True)
-    #: The card was credited (the card's ``credits`` holds the event id too).
+    #: The card was credited and the ledger entry written.
     credited = BooleanField(default=False)
     #: The refund-applied event was acknowledged by Kafka.
     published = BooleanField(default=False)

@@ -27,6 +27,11 @@ def hand_over(sender: TaskSender, event_id: str, task: str, kwargs: dict[str, An
     sender.send_task(task, kwargs=kwargs)
 
 
+def touch(event_id: str) -> None:
+    """An attempt is running: the sweep leaves a chain alone while its attempts keep coming."""
+    RefundEvent.objects(id=event_id, status="received").update_one(set__updatedAt=utcnow())
+
+
 def settle(event_id: str, status: str, reason: str | None = None) -> None:
     RefundEvent.objects(id=event_id, status="received").update_one(
         set__status=status, set__reason=reason, set__updatedAt=utcnow()
@@ -34,9 +39,13 @@ def settle(event_id: str, status: str, reason: str | None = None) -> None:
 
 
 def requeue_stale(sender: TaskSender, older_than: timedelta, limit: int) -> int:
-    """Send again, oldest first, at most ``limit`` events still unsettled after ``older_than``.
+    """Send again, oldest first, at most ``limit`` events no attempt touched for ``older_than``.
 
-    Refund tasks are idempotent; each event sent is touched, so the next run takes the ones after it.
+    Refund tasks are idempotent.  Every attempt moves ``updatedAt``, so a chain
+    still retrying is not sent a second time; an event whose refund is recorded
+    but not finished when its retries ran out stays ``received`` and is sent
+    again here until it is.  Each event sent is touched, so the next run takes
+    the ones after it.
     """
     cutoff = utcnow() - older_than
     count = 0

@@ -6,12 +6,15 @@ second worker) resumes where the last attempt stopped:
 
 1. **claim**: insert the payment in state ``pending``; ``checkoutId`` is
    unique, so one job per checkout gets past this point.
-2. **debit**: one conditional update of the card takes the money and records
-   the payment id in ``card.debits``, only if the balance suffices and the id
-   is not there yet: a debit is applied once, never lost, never overdraws.
-3. **record**: the ledger entry ``debit:<paymentId>`` (written once).
-4. **charged**: the payment becomes visible; its accepted event is left in
-   the outbox (``acceptedEventPublished = false``) for the publisher.
+2. **decide** the debit on the card (shared/services/card_ops.py): one
+   conditional update either takes the money, if the balance suffices, or
+   refuses it, and leaves ``debit:`` or ``nodebit:<paymentId>:<jobId>`` in
+   ``card.inflight``; the card's version in the filter makes that decision
+   once per job, so a payment is never both failed and debited.
+3. **record**: the ledger entry ``debit:<paymentId>`` (written once), then
+   the payment becomes ``charged`` (visible; its accepted event is left in
+   the outbox for the publisher), or ``failed`` if the debit was refused.
+4. **settle**: the card forgets the operation.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from mongoengine.errors import NotUniqueError
 
 from shared.errors import (
     AlreadyPaid,
+    CardContended,
     CardExpired,
     CardNotFound,
     CheckoutNotFound,
@@ -40,7 +44,7 @@ from shared.models.base import utcnow
 from shared.money import money
 from shared.pan import mask
 from shared.principal import Principal
-from shared.services import outbox
+from shared.services import card_ops, outbox
 from shared.services.cards import is_expired
 from shared.services.checkout import Checkout, fetch_checkout
 from shared.services.views import BASE, payment_view
@@ -59,19 +63,29 @@ def _already_paid(payment: Payment) -> AlreadyPaid:
 def charge(settings: Settings, job: Job) -> dict[str, Any]:
     """Run (or resume) the charge of ``job``; return the payment as reads show it."""
     checkout_id, card_id, owner = job.params["checkoutId"], job.params["cardId"], job.ownerId
-    payment = Payment.objects(checkoutId=checkout_id, jobId=str(job.id)).first()
+    job_id = str(job.id)
+    payment = Payment.objects(checkoutId=checkout_id, jobId=job_id).first()
     if payment is None:
         payment = _claim(settings, job, checkout_id, card_id, owner)
-        failpoint(settings, "charge.after_claim", str(job.id))
-    elif payment.state == PaymentState.FAILED:
-        # An earlier attempt failed the charge and died before ending the job.
-        raise _no_debit_reason(payment)
+        failpoint(settings, "charge.after_claim", job_id)
     if payment.state == PaymentState.PENDING:
-        _debit(payment)
-        failpoint(settings, "charge.after_debit", str(job.id))
-        _record_and_mark_charged(payment)
-        failpoint(settings, "charge.after_charged", str(job.id))
+        failpoint(settings, "charge.before_debit", job_id)
+        if _decide_debit(payment, job_id):
+            failpoint(settings, "charge.after_debit", job_id)
+            _record_and_mark_charged(payment, job_id)
+            failpoint(settings, "charge.after_charged", job_id)
+        else:
+            Payment.objects(id=payment.id, state=PaymentState.PENDING, jobId=job_id).update_one(
+                set__state=PaymentState.FAILED, set__updatedAt=utcnow()
+            )
     payment.reload()
+    if payment.jobId == job_id and payment.state == PaymentState.PENDING:  # pragma: no cover - decided above
+        raise CardContended(f"The debit of payment {payment.id} is not recorded yet.")
+    # The outcome is on the payment now (or the payment went on to another job
+    # after this one's charge failed): the card may forget the operation.
+    card_ops.settle(payment.creditCardId, *_debit_names(str(payment.id), job_id))
+    if payment.jobId != job_id or payment.state == PaymentState.FAILED:
+        raise _no_debit_reason(payment)
     if not payment.acceptedEventPublished:
         outbox.try_publish_accepted(settings, payment)
     return payment_view(payment)
@@ -89,7 +103,7 @@ def _claim(settings: Settings, job: Job, checkout_id: str, card_id: str, owner: 
         raise CheckoutNotFound(f"No checkout {checkout_id}.")
     if not checkout.isActive:
         raise AlreadyPaid("This checkout is no longer active: it was already paid.")
-    card = Card.objects(id=card_id, cardUserId=owner, deletedAt=None).first()
+    card = Card.objects(id=card_id, cardUserId=owner, deletedAt=None).exclude("debits", "credits").first()
     if card is None:
         raise CardNotFound(f"No card {card_id}.")
     if is_expired(card.expireDate, datetime.now(UTC).date()):
@@ -146,33 +160,71 @@ def _payment_fields(checkout: Checkout, card: Card, owner: str, job_id: str) -> 
     }
 
 
-def _debit(payment: Payment) -> None:
-    """Take the total off the card once: balance check, change and marker in one update."""
+def _debit_names(payment_id: str, job_id: str) -> tuple[str, str]:
+    """The card operation of one job's debit of a payment: applied, refused."""
+    return f"debit:{payment_id}:{job_id}", f"nodebit:{payment_id}:{job_id}"
+
+
+def _decide_debit(payment: Payment, job_id: str) -> bool:
+    """Take the total off the card, or refuse to, once per job; True if taken.
+
+    The card is read first, the payment after it: a decision's name is pulled
+    from the card only once the payment records the outcome, so a name that
+    is gone is found there.  The conditional update repeats the card's
+    version, so it cannot apply after another run decided.
+    """
     payment_id = str(payment.id)
+    applied, refused = _debit_names(payment_id, job_id)
     total = money(payment.totalPrice)
-    applied = Card.objects(
-        id=payment.creditCardId, deletedAt=None, money__gte=total, debits__ne=payment_id
-    ).update_one(inc__money=-total, push__debits=payment_id, set__updatedAt=utcnow())
-    if applied:
-        return
-    card = Card.objects(id=payment.creditCardId).first()
-    if card is not None and payment_id in card.debits:
-        return  # an earlier attempt debited it
-    # No money moved: release the checkout so a new request may pay it.
-    Payment.objects(id=payment.id, state=PaymentState.PENDING).update_one(
-        set__state=PaymentState.FAILED, set__updatedAt=utcnow()
-    )
-    raise _no_debit_reason(payment)
+    legacy = {"debits__ne": payment_id}  # a debit marked by an earlier version of this code
+    for attempt in range(card_ops.MAX_ATTEMPTS):
+        card = card_ops.read(payment.creditCardId)
+        if card is None:  # pragma: no cover - a card is never removed, only marked deleted
+            return False
+        known = _debit_outcome(card, payment, job_id, check_legacy=attempt > 0)
+        if known is not None:
+            return known
+        if card.deletedAt is None and money(card.money) >= total:
+            if card_ops.decide(
+                card,
+                applied,
+                excludes=(refused,),
+                filters={"deletedAt": None, "money__gte": total, **legacy},
+                changes={"inc__money": -total},
+            ):
+                return True
+        else:
+            why = {"deletedAt__ne": None} if card.deletedAt is not None else {"money__lt": total}
+            if card_ops.decide(card, refused, excludes=(applied,), filters={**why, **legacy}):
+                return False
+    raise CardContended(f"Card {payment.creditCardId} kept changing; the charge will be retried.")
+
+
+def _debit_outcome(card: Card, payment: Payment, job_id: str, *, check_legacy: bool) -> bool | None:
+    """Whether this job's debit was applied (True) or refused (False); None if not decided."""
+    payment_id = str(payment.id)
+    applied, refused = _debit_names(payment_id, job_id)
+    if applied in card.inflight or refused in card.inflight:
+        return applied in card.inflight
+    # Read after the card: a name is pulled only once the payment records its outcome.
+    current = Payment.objects(id=payment.id).only("state", "jobId").first()
+    if current is None or current.jobId != job_id or current.state == PaymentState.FAILED:
+        return False  # refused (another job may have taken the checkout since)
+    if current.state == PaymentState.CHARGED:
+        return True
+    if check_legacy and Card.objects(id=card.id, debits=payment_id).only("id").first() is not None:
+        return True
+    return None
 
 
 def _no_debit_reason(payment: Payment) -> ServiceError:
-    card = Card.objects(id=payment.creditCardId).first()
+    card = Card.objects(id=payment.creditCardId).only("deletedAt").first()
     if card is None or card.deletedAt is not None:
         return CardNotFound(f"No card {payment.creditCardId}.")
     return InsufficientFunds(f"The card holds less than {money(payment.totalPrice)}.")
 
 
-def _record_and_mark_charged(payment: Payment) -> None:
+def _record_and_mark_charged(payment: Payment, job_id: str) -> None:
     with contextlib.suppress(NotUniqueError):  # recorded by an earlier attempt
         LedgerEntry(
             id=f"debit:{payment.id}",
@@ -181,7 +233,7 @@ def _record_and_mark_charged(payment: Payment) -> None:
             amount=money(payment.totalPrice),
             paymentId=str(payment.id),
         ).save(force_insert=True)
-    Payment.objects(id=payment.id, state=PaymentState.PENDING).update_one(
+    Payment.objects(id=payment.id, state=PaymentState.PENDING, jobId=job_id).update_one(
         set__state=PaymentState.CHARGED, set__paymentStatus=True, set__updatedAt=utcnow()
     )
 

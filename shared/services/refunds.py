@@ -1,16 +1,23 @@
 """Refunds from the order service's events: each event credits the card exactly once.
 
-An event (identified by the Kafka coordinates of its message) is applied in
+An event (identified by the Kafka coordinates of its message, the topic's id
+included, so a topic deleted and created again starts new ids) is applied in
 steps a retry can resume:
 
 1. **record** on the payment, by compare-and-set on ``payment.version``: the
    refund entry, the products' refunded quantities and the refunded amount,
    checked against what was paid (never more than was paid for the payment or
    for the product).  The entry's presence makes the event applied once.
-2. **credit** the card: one conditional update adds the amount and records
-   the event id in ``card.credits``, only if it is not there yet.
-3. **ledger** entry ``credit:<eventId>``, written once; the entry is marked credited.
+2. **credit** the card: one conditional update adds the amount and leaves
+   ``credit:<eventId>`` in ``card.inflight`` (shared/services/card_ops.py);
+   it is taken as applied only when that name or the ledger entry is seen,
+   never because an update matched nothing.
+3. **ledger** entry ``credit:<eventId>``, written once; the entry is marked
+   credited; the card forgets the operation.
 4. **publish** the refund-applied event; the entry is marked published.
+
+Once step 1 is done the event is never dead-lettered: retries and the inbox
+sweep finish it (workers/app.py).
 
 Anything that can never be applied (unknown payment, product not in the
 payment, an amount that is not whole units, over-refund, deleted card) is a
@@ -23,10 +30,12 @@ import contextlib
 from decimal import Decimal
 from typing import Any
 
+from bson import ObjectId
 from mongoengine.errors import NotUniqueError
 
 from shared import events
 from shared.errors import (
+    CardContended,
     NothingToRefund,
     NotWholeUnits,
     OverRefund,
@@ -39,6 +48,7 @@ from shared.failpoints import failpoint
 from shared.models import Card, LedgerEntry, Payment, PaymentState, Refund
 from shared.models.base import utcnow
 from shared.money import money
+from shared.services import card_ops
 from shared.settings import Settings
 
 #: How often a refund is re-planned when a concurrent refund changed the payment.
@@ -71,6 +81,8 @@ def _apply(
     if not refund.credited:
         _credit(settings, payment, refund)
         failpoint(settings, "refund.after_credit", event_id)
+    else:  # credited and recorded: the card may still name it after a crash
+        card_ops.settle(payment.creditCardId, _credit_name(event_id))
     # The payment as read holds the refund's bookkeeping already (recorded in step 1).
     applied = _applied_event(payment, refund)
     if not refund.published:
@@ -156,21 +168,48 @@ def _plan(
     return refund, changes, expected
 
 
+def is_recorded(payment_id: str, event_id: str) -> bool:
+    """The event's refund is on the payment: it must be finished, never set aside."""
+    if not ObjectId.is_valid(payment_id):
+        return False
+    return Payment.objects(id=payment_id, refunds__eventId=event_id).only("id").first() is not None
+
+
+def _credit_name(event_id: str) -> str:
+    return f"credit:{event_id}"
+
+
 def _credit(settings: Settings, payment: Payment, refund: Refund) -> None:
     amount = money(refund.amount)
-    Card.objects(id=payment.creditCardId, credits__ne=refund.eventId).update_one(
-        inc__money=amount, push__credits=refund.eventId, set__updatedAt=utcnow()
-    )
+    card_id, name = payment.creditCardId, _credit_name(refund.eventId)
+    for attempt in range(card_ops.MAX_ATTEMPTS):
+        card = card_ops.read(card_id)
+        if card is None:  # pragma: no cover - a card is never removed, only marked deleted
+            raise CardContended(f"Card {card_id} is missing; refund {refund.eventId} will be retried.")
+        if name in card.inflight:
+            break  # credited; its bookkeeping is not finished
+        # Read after the card: the name is pulled only once the entry is written.
+        if LedgerEntry.objects(id=name).only("id").first() is not None:
+            break
+        if attempt and Card.objects(id=card_id, credits=refund.eventId).only("id").first() is not None:
+            break  # credited by an earlier version of this code
+        if card_ops.decide(
+            card, name, filters={"credits__ne": refund.eventId}, changes={"inc__money": amount}
+        ):
+            break
+    else:
+        raise CardContended(f"Card {card_id} kept changing; refund {refund.eventId} will be retried.")
     failpoint(settings, "refund.after_card_credit", refund.eventId)
     with contextlib.suppress(NotUniqueError):  # written by an earlier delivery
         LedgerEntry(
-            id=f"credit:{refund.eventId}",
-            cardId=payment.creditCardId,
+            id=name,
+            cardId=card_id,
             kind="credit",
             amount=amount,
             paymentId=str(payment.id),
         ).save(force_insert=True)
     Payment.objects(id=payment.id, refunds__eventId=refund.eventId).update_one(set__refunds__S__credited=True)
+    card_ops.settle(card_id, name)
 
 
 def _applied_event(payment: Payment, refund: Refund) -> dict[str, Any]:

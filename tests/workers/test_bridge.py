@@ -56,6 +56,15 @@ def committed_offsets(settings: Settings) -> dict[TopicPartition, int]:
     return {tp: meta.offset for tp, meta in offsets.items()}
 
 
+def topic_ids(settings: Settings, topics: list[str]) -> dict[str, str]:
+    """Each topic's id, as Kafka reports it (part of every event id)."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        return {t["name"]: str(t["topic_id"]) for t in admin.describe_topics(topics)}
+    finally:
+        admin.close()
+
+
 def test_bridge_hands_events_to_tasks_dead_letters_the_rest_and_commits(
     settings: Settings, bridge: subprocess.Popen[bytes]
 ) -> None:
@@ -87,14 +96,15 @@ def test_bridge_hands_events_to_tasks_dead_letters_the_rest_and_commits(
         message="two refund tasks queued",
     )
     by_name = dict(tasks)
+    ids = topic_ids(settings, [order_topic, product_topic])
     assert by_name["refunds.refund_order"] == {
-        "event_id": f"{order_topic}:{sent[0].partition}:{sent[0].offset}",
+        "event_id": f"{order_topic}:{ids[order_topic]}:{sent[0].partition}:{sent[0].offset}",
         "payment_id": payment_id,
         "total_price": "59.97",
         "raw": order_value,
     }
     assert by_name["refunds.refund_product"] == {
-        "event_id": f"{product_topic}:{sent[1].partition}:{sent[1].offset}",
+        "event_id": f"{product_topic}:{ids[product_topic]}:{sent[1].partition}:{sent[1].offset}",
         "payment_id": payment_id,
         "product_id": "p-1",
         "price": "39.98",

@@ -164,10 +164,8 @@ def test_an_event_that_cannot_apply_is_dead_lettered_with_its_reason_and_changes
     assert letter["reason"] == reason
     assert letter["value"] == sent  # the original message, byte for byte
     assert letter["source-topic"] == settings.topic(topic)
-    assert (
-        letter["event-id"]
-        == f"{letter['source-topic']}:{letter['source-partition']}:{letter['source-offset']}"
-    )
+    source = ("source-topic", "source-topic-id", "source-partition", "source-offset")
+    assert letter["event-id"] == ":".join(letter[k] for k in source)
     assert balance(payment) == before_balance
     assert stored(payment).to_mongo().to_dict() == before
 
@@ -188,7 +186,8 @@ def test_the_same_event_delivered_three_times_credits_once(
     assert all(r.published for r in stored(payment).refunds)
     assert balance(payment) == Decimal("50.02")
     assert [r.eventId for r in stored(payment).refunds] == [event_id]
-    assert Card.objects.get(id=payment["creditCardId"]).credits == [event_id]
+    assert Card.objects.get(id=payment["creditCardId"]).inflight == []
+    assert LedgerEntry.objects(paymentId=payment["id"], kind="credit").count() == 1
     applied = [
         r
         for r in read_topic(settings, settings.topic_refund_applied, timeout_ms=1500)
@@ -291,7 +290,7 @@ def test_two_bridges_with_a_rebalance_mid_stream_apply_each_of_500_events_once(
     assert len({r.eventId for r in refunds}) == 500
     assert stored(payment).products[0].refundedQuantity == 500
     assert balance(payment) == Decimal("100.00")
-    assert len(Card.objects.get(id=payment["creditCardId"]).credits) == 500
+    assert Card.objects.get(id=payment["creditCardId"]).inflight == []
     assert LedgerEntry.objects(paymentId=payment["id"], kind="credit").count() == 500
 
 
@@ -315,7 +314,8 @@ def test_a_bridge_killed_mid_stream_and_restarted_loses_no_event_and_applies_non
         wait_until(lambda: settled(payment, 300), timeout=120, interval=0.5, message="all 300 applied")
     assert len({r.eventId for r in stored(payment).refunds}) == 300
     assert balance(payment) == Decimal("100.00")
-    assert len(Card.objects.get(id=payment["creditCardId"]).credits) == 300
+    assert Card.objects.get(id=payment["creditCardId"]).inflight == []
+    assert LedgerEntry.objects(paymentId=payment["id"], kind="credit").count() == 300
 
 
 @pytest.mark.slow
@@ -342,7 +342,7 @@ def test_a_worker_killed_mid_refund_is_redelivered_and_credits_once(
         lambda: RefundEvent.objects.get(id=event_id).status == "applied", timeout=90, message="refund applied"
     )
     assert balance(payment) == Decimal("50.02")
-    assert Card.objects.get(id=payment["creditCardId"]).credits == [event_id]
+    assert Card.objects.get(id=payment["creditCardId"]).inflight == []
     assert LedgerEntry.objects(paymentId=payment["id"], kind="credit").count() == 1
     assert [r.eventId for r in stored(payment).refunds] == [event_id]
 

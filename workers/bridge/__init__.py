@@ -3,7 +3,9 @@
 Delivery contract: at least once.  A record's offset is committed only after
 its task is in the broker (or, for a message that can never be applied, after
 the dead-letter topic acknowledged it).  The tasks are idempotent per event id
-(topic, partition, offset), so a redelivered record changes nothing twice.
+(topic, topic id, partition, offset), so a redelivered record changes nothing
+twice, and a topic deleted and created again (a new topic id, offsets from 0)
+starts new ids.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
-from kafka import KafkaConsumer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 
@@ -38,8 +40,25 @@ REFUND_ORDER_TASK = "refunds.refund_order"
 REFUND_PRODUCT_TASK = "refunds.refund_product"
 
 
-def event_id(record: ConsumerRecord) -> str:
-    return f"{record.topic}:{record.partition}:{record.offset}"
+def event_id(record: ConsumerRecord, topic_id: str) -> str:
+    return f"{record.topic}:{topic_id}:{record.partition}:{record.offset}"
+
+
+class UnknownTopicId(RuntimeError):
+    """The broker did not report the topic's id (yet); the record is handed over later."""
+
+
+class _ForgetTopicIds(ConsumerRebalanceListener):
+    """Partitions moved (a topic may have been deleted and created again): look ids up afresh."""
+
+    def __init__(self, bridge: RefundBridge) -> None:
+        self.bridge = bridge
+
+    def on_partitions_revoked(self, _revoked: Any) -> None:
+        self.bridge.topic_ids.clear()
+
+    def on_partitions_assigned(self, _assigned: Any) -> None:
+        self.bridge.topic_ids.clear()
 
 
 class RefundBridge:
@@ -64,6 +83,9 @@ class RefundBridge:
             max_poll_records=100,
         )
         self.stopping = stopping or threading.Event()
+        #: Topic name -> the id Kafka gave it when it was created (KIP-516).
+        self.topic_ids: dict[str, str] = {}
+        self._admin: KafkaAdminClient | None = None
         self._handlers: dict[str, Callable[[ConsumerRecord], None]] = {
             settings.topic(settings.topic_order_refunded): self._order_refunded,
             settings.topic(settings.topic_product_refunded): self._product_refunded,
@@ -94,8 +116,28 @@ class RefundBridge:
             },
         )
 
+    def topic_id(self, topic: str) -> str:
+        """The topic's id, from the consumer's own metadata or the cluster's, cached per topic."""
+        cluster = getattr(self.consumer, "_cluster", None)
+        current = cluster.topic_id(topic) if cluster is not None else None
+        if current is not None:
+            self.topic_ids[topic] = str(current)
+        if topic not in self.topic_ids:
+            if self._admin is None:
+                self._admin = KafkaAdminClient(
+                    bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=15000
+                )
+            described = {t["name"]: t.get("topic_id") for t in self._admin.describe_topics([topic])}
+            if not described.get(topic):
+                raise UnknownTopicId(f"Kafka reported no id for topic {topic}")
+            self.topic_ids[topic] = str(described[topic])
+        return self.topic_ids[topic]
+
+    def event_id(self, record: ConsumerRecord) -> str:
+        return event_id(record, self.topic_id(record.topic))
+
     def _send(self, task: str, record: ConsumerRecord, kwargs: dict[str, Any]) -> None:
-        eid = event_id(record)
+        eid = self.event_id(record)
         # The original value travels along, so a worker that finds the event
         # inapplicable can dead-letter it byte for byte.
         raw = scrub_card_numbers(record.value).decode("utf-8", errors="replace")
@@ -107,7 +149,8 @@ class RefundBridge:
         delay = 0.5
         while True:
             try:
-                with log_context(event_id=event_id(record)):
+                eid = self.event_id(record)
+                with log_context(event_id=eid):
                     try:
                         self._handlers[record.topic](record)
                     except BadMessage as problem:
@@ -115,7 +158,7 @@ class RefundBridge:
                         events.dead_letter(
                             self.settings,
                             scrub_card_numbers(record.value),
-                            event_id(record),
+                            eid,
                             problem.reason,
                             problem.detail,
                         )
@@ -130,13 +173,15 @@ class RefundBridge:
     # -- the loop ----------------------------------------------------------
 
     def run(self) -> None:
-        self.consumer.subscribe(list(self._handlers))
+        self.consumer.subscribe(list(self._handlers), listener=_ForgetTopicIds(self))
         log.info("bridge consuming", extra={"fields": {"topics": list(self._handlers)}})
         try:
             while not self.stopping.is_set():
                 self._process(self.consumer.poll(timeout_ms=500))
         finally:
             self.consumer.close(autocommit=False)
+            if self._admin is not None:
+                self._admin.close()
 
     def _process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         """Hand over a polled batch; commit, per partition, what was handed over."""

@@ -1,7 +1,7 @@
 """Refund tasks, sent by the Kafka bridge by name.
 
-Idempotent per event id (the message's topic:partition:offset), so they
-acknowledge late and are redelivered if their worker dies.
+Idempotent per event id (the message's topic:topicId:partition:offset), so
+they acknowledge late and are redelivered if their worker dies.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from shared.services import refunds
 from workers.app import PaymentTask
 
 #: Transient failures (Kafka or MongoDB away) are retried this often before
-#: the event is set aside on the dead-letter topic for an operator.
+#: the event is set aside on the dead-letter topic for an operator, unless its
+#: refund is recorded: then the inbox sweep sends it again until it is finished.
 MAX_RETRIES = 20
 
 
@@ -35,7 +36,12 @@ def refund_order(
 ) -> None:
     # The amount in the message is not trusted: what remains unrefunded is refunded.
     del total_price
-    self.run_event(event_id, raw, lambda: refunds.refund_order(self.settings, event_id, payment_id))
+    self.run_event(
+        event_id,
+        raw,
+        lambda: refunds.refund_order(self.settings, event_id, payment_id),
+        recorded=lambda: refunds.is_recorded(payment_id, event_id),
+    )
 
 
 @shared_task(
@@ -54,4 +60,5 @@ def refund_product(
         lambda: refunds.refund_product(
             self.settings, event_id, payment_id, product_id=product_id, price=Decimal(price)
         ),
+        recorded=lambda: refunds.is_recorded(payment_id, event_id),
     )

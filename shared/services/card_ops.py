@@ -1,0 +1,64 @@
+"""Money on a card, moved exactly once, in documents that stay bounded.
+
+Every change of a balance is an *operation* named by its cause: the debit of
+a payment by one job (``debit:<paymentId>:<jobId>``, or ``nodebit:...`` when
+it is refused), the credit of one refund event (``credit:<eventId>``).  It
+goes through three steps, each of which a retry can repeat:
+
+1. **decide**: one conditional update of the card applies the operation (or
+   refuses it) and pushes its name to ``card.inflight``, only if the card is
+   still at the ``version`` the decision was read at and the name is not
+   there yet;
+2. **record** the outcome where it stays: the ledger entry, the payment's
+   state, the refund's ``credited`` flag (the caller's step);
+3. **settle**: pull the name from the card.
+
+Whether an operation happened is read from the card while its name is there,
+and from its record once the name is gone (the record is written before the
+name is pulled).  Every update of the balance or of ``inflight`` bumps the
+version, so a decision read before another run's decide, record and settle
+can never be written after them: the version it repeats in its filter has
+moved.  The card holds only operations in flight, whatever its history.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.models import Card
+from shared.models.base import utcnow
+
+#: Decisions re-read and retried when other operations keep moving the card.
+MAX_ATTEMPTS = 200
+
+
+def read(card_id: str) -> Card | None:
+    """What a decision depends on (never the legacy marker lists)."""
+    return Card.objects(id=card_id).only("version", "money", "deletedAt", "inflight").first()
+
+
+def decide(
+    card: Card,
+    name: str,
+    *,
+    excludes: tuple[str, ...] = (),
+    filters: dict[str, Any] | None = None,
+    changes: dict[str, Any] | None = None,
+) -> bool:
+    """Push ``name`` with ``changes`` if the card is as read; True if this update did it.
+
+    ``excludes`` are the other names the same operation may carry (a debit
+    applied or refused); ``filters`` repeat every value the decision was
+    computed from (a read is not a snapshot: tests/conformance).
+    """
+    updated = Card.objects(
+        id=card.id, version=card.version, inflight__nin=[name, *excludes], **(filters or {})
+    ).update_one(push__inflight=name, inc__version=1, set__updatedAt=utcnow(), **(changes or {}))
+    return bool(updated)
+
+
+def settle(card_id: str, *names: str) -> None:
+    """Forget settled operations; call only once their outcome is recorded elsewhere."""
+    Card.objects(id=card_id, inflight__in=list(names)).update_one(
+        pull_all__inflight=list(names), inc__version=1
+    )

@@ -203,6 +203,14 @@ class Settings(BaseSettings):
         validation_alias="RATE_LIMIT_READS",
         description="Reads (GET) one user may send, e.g. 600/minute; several with ';'.",
     )
+    rate_limit_service_reads: str = Field(
+        "6000/minute",
+        validation_alias="RATE_LIMIT_SERVICE_READS",
+        description=(
+            "Reads the shop's services may send: a token whose userType holds 'service', or a"
+            " token-less GET /find from FIND_TOKENLESS_NETWORKS (the order service), per token or address."
+        ),
+    )
     open_jobs_per_user: int = Field(
         5,
         ge=1,
@@ -296,7 +304,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{server!r} is not host:port")
         return value
 
-    @field_validator("rate_limit_writes", "rate_limit_reads")
+    @field_validator("rate_limit_writes", "rate_limit_reads", "rate_limit_service_reads")
     @classmethod
     def _rate_limit(cls, value: str) -> str:
         try:

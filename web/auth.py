@@ -87,15 +87,21 @@ def authenticate() -> Principal:
 
 def authenticate_or_trusted_network() -> Principal:
     """Like :func:`authenticate`, but a token-less call from an allowed network reads too."""
-    settings: Settings = current_app.config["SETTINGS"]
-    if settings.find_tokenless_networks and not _has_token():
-        try:
-            address = ipaddress.ip_address(request.remote_addr or "")
-        except ValueError:
-            address = None
-        if address is not None and any(address in net for net in settings.find_tokenless_networks):
-            return Principal(user_id=None, trusted_network=True)
+    if from_trusted_network():
+        return Principal(user_id=None, trusted_network=True)
     return authenticate()
+
+
+def from_trusted_network() -> bool:
+    """A token-less request from a network listed in FIND_TOKENLESS_NETWORKS."""
+    settings: Settings = current_app.config["SETTINGS"]
+    if not settings.find_tokenless_networks or _has_token():
+        return False
+    try:
+        address = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return False
+    return any(address in net for net in settings.find_tokenless_networks)
 
 
 def _has_token() -> bool:

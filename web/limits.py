@@ -11,16 +11,24 @@ any window.  A request over the budget answers 429 ``rate_limited`` with
 Who is counted: the token's user when the token is valid; otherwise the
 client's address, so that requests with forged or expired tokens can never
 spend the budget of the user they name.
+
+The shop's services read on their own, larger budget
+(``RATE_LIMIT_SERVICE_READS``): a token whose ``userType`` holds ``service``,
+and a token-less ``GET /find`` from ``FIND_TOKENLESS_NETWORKS``.  The order
+service reads every payment it is told of from one address, and answers a
+429 by losing the order for good (it commits its offset anyway), so its reads
+must never share a per-address budget with anything else.
 """
 
 from __future__ import annotations
 
-from flask import Flask, request
+from flask import Flask, current_app, g, request
 from flask_jwt_extended import get_jwt, verify_jwt_in_request
 from flask_limiter import Limiter
 
 from shared.settings import Settings
 from web import api
+from web.auth import from_trusted_network
 
 #: Methods of the API that change something (each becomes a job).
 WRITE_METHODS = ["POST", "DELETE", "PUT", "PATCH"]
@@ -28,15 +36,35 @@ READ_METHODS = ["GET", "HEAD"]
 
 
 def _caller() -> str:
-    """The key a request is counted under: its verified user, else its address."""
+    """The key a request is counted under: its verified user, else its address.
+
+    A service (token or trusted network) gets a key of its own kind, which
+    :func:`_reads_budget` gives the services' budget.
+    """
+    if "rate_limit_caller" in g:
+        return str(g.rate_limit_caller)
     try:
         verify_jwt_in_request(optional=True)
-        user_id = get_jwt().get("userId")
+        claims = get_jwt()
     except Exception:  # noqa: BLE001 - any bad token: authenticate() answers 401 in the view
-        user_id = None
+        claims = {}
+    user_id, user_types = claims.get("userId"), claims.get("userType")
     if isinstance(user_id, str) and user_id:
-        return f"user:{user_id.lower()}"
-    return f"addr:{request.remote_addr or 'unknown'}"
+        kind = "service" if isinstance(user_types, list) and "service" in user_types else "user"
+        caller = f"{kind}:{user_id.lower()}"
+    elif request.endpoint == "payment.find_payment" and from_trusted_network():
+        caller = f"service-network:{request.remote_addr}"
+    else:
+        caller = f"addr:{request.remote_addr or 'unknown'}"
+    g.rate_limit_caller = caller
+    return caller
+
+
+def _reads_budget() -> str:
+    settings: Settings = current_app.config["SETTINGS"]
+    if _caller().startswith("service"):
+        return settings.rate_limit_service_reads
+    return settings.rate_limit_reads
 
 
 def init_limits(app: Flask, settings: Settings) -> Limiter:
@@ -56,6 +84,6 @@ def init_limits(app: Flask, settings: Settings) -> Limiter:
         swallow_errors=True,
     )
     limiter.shared_limit(settings.rate_limit_writes, scope="writes", methods=WRITE_METHODS)(api.bp)
-    limiter.shared_limit(settings.rate_limit_reads, scope="reads", methods=READ_METHODS)(api.bp)
+    limiter.shared_limit(_reads_budget, scope="reads", methods=READ_METHODS)(api.bp)
     app.extensions["rate_limiter"] = limiter
     return limiter

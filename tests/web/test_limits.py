@@ -42,7 +42,8 @@ def _default(name: str) -> Any:
 
 #: The limits an operator gets without configuring any.
 DEFAULT_LIMITS = {
-    name: _default(name) for name in ("rate_limit_writes", "rate_limit_reads", "open_jobs_per_user")
+    name: _default(name)
+    for name in ("rate_limit_writes", "rate_limit_reads", "rate_limit_service_reads", "open_jobs_per_user")
 }
 
 
@@ -94,6 +95,36 @@ def test_reads_over_the_budget_answer_429_but_health_and_the_document_stay_free(
     assert _is_rate_limited(client.call("GET", f"/jobs/{ObjectId()}"))
     for path in ("/healthz", f"{API}/openapi.json"):
         assert all(requests.get(f"{api.url}{path}", timeout=10).status_code == 200 for _ in range(5))
+
+
+def test_the_order_service_reads_on_the_services_budget_never_on_its_address(limited_api: Any) -> None:
+    # The order service reads every payment token-less from one address and loses
+    # the order on a 429 (it commits its offset anyway): nothing else on that
+    # address may spend its budget.
+    api = limited_api(
+        rate_limit_reads="3/minute",
+        rate_limit_service_reads="40/minute",
+        find_tokenless_networks=["127.0.0.1/32"],
+    )
+    find = f"{api.url}{API}/find/{ObjectId()}"
+    spent = [
+        requests.get(find, headers={"Authorization": "Bearer bad"}, timeout=10).status_code for _ in range(5)
+    ]
+    assert spent[-1] == 429  # the address's own budget is gone
+    tokenless = [requests.get(find, timeout=10).status_code for _ in range(20)]
+    assert tokenless == [404] * 20
+    service = Client(api.url, types=["service"])
+    assert [service.call("GET", f"/find/{ObjectId()}").status_code for _ in range(10)] == [404] * 10
+    user = Client(api.url)  # a user on the same address keeps the users' budget
+    assert [user.call("GET", f"/find/{ObjectId()}").status_code for _ in range(4)] == [404, 404, 404, 429]
+
+
+def test_the_services_budget_is_a_budget_too(limited_api: Any) -> None:
+    api = limited_api(rate_limit_service_reads="3/minute", find_tokenless_networks=["127.0.0.1/32"])
+    find = f"{api.url}{API}/find/{ObjectId()}"
+    answers = [requests.get(find, timeout=10) for _ in range(4)]
+    assert [a.status_code for a in answers[:3]] == [404, 404, 404]
+    assert _is_rate_limited(answers[3])
 
 
 def test_a_forged_token_naming_a_user_cannot_spend_that_users_budget(limited_api: Any) -> None:

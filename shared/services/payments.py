@@ -64,7 +64,11 @@ def charge(settings: Settings, job: Job) -> dict[str, Any]:
     """Run (or resume) the charge of ``job``; return the payment as reads show it."""
     checkout_id, card_id, owner = job.params["checkoutId"], job.params["cardId"], job.ownerId
     job_id = str(job.id)
-    payment = Payment.objects(checkoutId=checkout_id, jobId=job_id).first()
+    # By the unique checkoutId alone: the local MongoDB-protocol server uses an
+    # index only for a filter on exactly its fields (the job is checked here).
+    payment = Payment.objects(checkoutId=checkout_id).first()
+    if payment is not None and payment.jobId != job_id:
+        payment = None
     if payment is None:
         payment = _claim(settings, job, checkout_id, card_id, owner)
         failpoint(settings, "charge.after_claim", job_id)
@@ -78,12 +82,13 @@ def charge(settings: Settings, job: Job) -> dict[str, Any]:
             Payment.objects(id=payment.id, state=PaymentState.PENDING, jobId=job_id).update_one(
                 set__state=PaymentState.FAILED, set__updatedAt=utcnow()
             )
+    debited_card = payment.creditCardId  # this job's card (a later job may pay with another)
     payment.reload()
     if payment.jobId == job_id and payment.state == PaymentState.PENDING:  # pragma: no cover - decided above
         raise CardContended(f"The debit of payment {payment.id} is not recorded yet.")
     # The outcome is on the payment now (or the payment went on to another job
     # after this one's charge failed): the card may forget the operation.
-    card_ops.settle(payment.creditCardId, *_debit_names(str(payment.id), job_id))
+    card_ops.settle(debited_card, *_debit_names(str(payment.id), job_id))
     if payment.jobId != job_id or payment.state == PaymentState.FAILED:
         raise _no_debit_reason(payment)
     if not payment.acceptedEventPublished:

@@ -87,7 +87,7 @@ def _apply(
     applied = _applied_event(payment, refund)
     if not refund.published:
         events.publish(settings, settings.topic_refund_applied, applied, key=payment_id)
-        Payment.objects(id=payment_id, refunds__eventId=event_id).update_one(set__refunds__S__published=True)
+        _flag(payment_id, event_id, "published")
     return applied
 
 
@@ -208,8 +208,16 @@ def _credit(settings: Settings, payment: Payment, refund: Refund) -> None:
             amount=amount,
             paymentId=str(payment.id),
         ).save(force_insert=True)
-    Payment.objects(id=payment.id, refunds__eventId=refund.eventId).update_one(set__refunds__S__credited=True)
+    _flag(str(payment.id), refund.eventId, "credited")
     card_ops.settle(card_id, name)
+
+
+def _flag(payment_id: str, event_id: str, flag: str) -> None:
+    """Set a flag of the event's refund entry (filtered by ``_id`` alone, so found by index)."""
+    Payment.objects(id=payment_id).update_one(
+        __raw__={"$set": {f"refunds.$[refund].{flag}": True}},
+        array_filters=[{"refund.eventId": event_id}],
+    )
 
 
 def _applied_event(payment: Payment, refund: Refund) -> dict[str, Any]:

@@ -128,7 +128,9 @@ def test_product_refunds_credit_their_units_and_a_later_order_refund_only_the_re
         ("unknown payment", "unknown_payment"),
         ("product not in payment", "product_not_in_payment"),
         ("not whole units", "not_whole_units"),
-        ("more units than bought", "over_refund"),
+        # Each cap on its own: the product's units, then the payment's amount.
+        ("more units of a product than bought", "over_refund"),
+        ("more than the payment has left", "over_refund"),
         ("deleted card", "card_deleted"),
         ("already refunded in full", "nothing_to_refund"),
     ],
@@ -141,7 +143,13 @@ def test_an_event_that_cannot_apply_is_dead_lettered_with_its_reason_and_changes
     client: Client,
     paid: Callable[..., dict[str, Any]],
 ) -> None:
-    payment = paid()
+    if case == "more than the payment has left":
+        # A discounted checkout: its products add up to more than was paid.
+        payment = paid(total="50.00")
+        kcat_produce(settings, settings.topic_product_refunded, [product_refund(payment, "p-1", 39.98)])
+        wait_until(lambda: settled(payment, 1), timeout=60, message="first refund")
+    else:
+        payment = paid()
     if case == "already refunded in full":
         kcat_produce(settings, settings.topic_order_refunded, [order_refund(payment)])
         wait_until(lambda: settled(payment, 1), timeout=60, message="first refund")
@@ -154,7 +162,10 @@ def test_an_event_that_cannot_apply_is_dead_lettered_with_its_reason_and_changes
         "unknown payment": order_refund(target, 10.0),
         "product not in payment": product_refund(payment, "p-9", 19.99),
         "not whole units": product_refund(payment, "p-1", 30.00),
-        "more units than bought": product_refund(payment, "p-1", 79.96),
+        # 2 units of p-2, 1 bought; 20.00 of the 69.97 paid is left.
+        "more units of a product than bought": product_refund(payment, "p-2", 20.00),
+        # 1 unit of p-1 is left, but only 10.02 of the 50.00 paid.
+        "more than the payment has left": product_refund(payment, "p-1", 19.99),
         "deleted card": order_refund(payment),
         "already refunded in full": order_refund(payment),
     }[case]
@@ -195,6 +206,40 @@ def test_the_same_event_delivered_three_times_credits_once(
         if event_id.encode() in r.value
     ]
     assert len(applied) >= 1
+
+
+def test_concurrent_partial_refunds_that_together_exceed_what_was_bought_apply_only_what_fits(
+    settings: Settings,
+    celery_app: Any,
+    celery_worker: Any,
+    second_worker: Any,
+    paid: Callable[..., dict[str, Any]],
+) -> None:
+    payment = paid()  # p-1: 3 x 19.99, p-2: 1 x 10.00
+    topic = settings.topic(settings.topic_product_refunded)
+    asked = [("p-1", "19.99")] * 12 + [("p-2", "10.00")] * 4  # 279.88 asked of 69.97
+    tasks = []
+    for product_id, price in asked:
+        event_id = f"{topic}:2:{uuid.uuid4().int % 10**12}"
+        kwargs = {"event_id": event_id, "payment_id": payment["id"], "product_id": product_id, "price": price}
+        inbox.hand_over(celery_app, event_id, "refunds.refund_product", kwargs)  # as the bridge does
+        tasks.append(event_id)
+    wait_until(
+        lambda: RefundEvent.objects(id__in=tasks, status="received").count() == 0,
+        timeout=90,
+        message="every event settled",
+    )
+    settled_as = [(e.status, e.reason) for e in RefundEvent.objects(id__in=tasks)]
+    assert sorted(settled_as, key=str) == sorted(
+        [("applied", None)] * 4 + [("dead_lettered", "over_refund")] * 12, key=str
+    )
+    final = stored(payment)
+    assert [p.refundedQuantity for p in final.products] == [3, 1]
+    assert final.refundedAmount == Decimal("69.97")
+    assert final.refunded is True
+    wait_until(lambda: settled(payment, 4), timeout=60, message="the four that fit published")
+    assert balance(payment) == Decimal("100.00")
+    assert LedgerEntry.objects(paymentId=payment["id"], kind="credit").count() == 4
 
 
 @pytest.mark.slow

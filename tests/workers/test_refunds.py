@@ -244,23 +244,31 @@ def test_concurrent_partial_refunds_that_together_exceed_what_was_bought_apply_o
 
 @pytest.mark.slow
 def test_a_replay_of_the_whole_topic_from_the_beginning_changes_nothing(
-    settings: Settings, bridge: Any, paid: Callable[..., dict[str, Any]]
+    isolated: Settings, celery_app: Any, celery_worker: Any, paid: Callable[..., dict[str, Any]]
 ) -> None:
     payment = paid()
-    # One after the other: the topics are not ordered with each other, and an
-    # order refund first would leave nothing for the product refund.
-    kcat_produce(settings, settings.topic_product_refunded, [product_refund(payment, "p-1", 19.99)])
-    wait_until(lambda: settled(payment, 1), timeout=60, message="product refunded")
-    kcat_produce(settings, settings.topic_order_refunded, [order_refund(payment)])
-    wait_until(lambda: settled(payment, 2), timeout=60, message="the rest refunded")
+    env = {"KAFKA_TOPIC_PREFIX": isolated.kafka_topic_prefix}
+    # Two partial refunds leave room (39.98 of 69.97, two units of p-1): a
+    # replayed event whose id were not recognised would fit and apply again.
+    events = [product_refund(payment, "p-1", 19.99), product_refund(payment, "p-2", 10.00)]
+    with bridge_process(env):
+        kcat_produce(isolated, isolated.topic_product_refunded, events)
+        wait_until(lambda: settled(payment, 2), timeout=60, message="both refunded")
+    assert balance(payment) == Decimal("60.02")
     before = stored(payment).to_mongo().to_dict()
+    event_ids = sorted(r.eventId for r in stored(payment).refunds)
+    assert [RefundEvent.objects.get(id=e).status for e in event_ids] == ["applied", "applied"]
     # A new consumer group reads both topics again from offset 0.
     group = f"replay-{uuid.uuid4().hex[:6]}"
-    with bridge_process({"KAFKA_BRIDGE_GROUP": group}):
-        wait_until(lambda: _group_caught_up(settings, group), timeout=90, message="replay consumed")
-        celery_ping_drain(settings)
-    assert balance(payment) == Decimal("100.00")
+    with bridge_process({**env, "KAFKA_BRIDGE_GROUP": group}):
+        wait_until(lambda: _group_caught_up(isolated, group), timeout=90, message="replay consumed")
+        drain_refunds(isolated, celery_app)
+    assert balance(payment) == Decimal("60.02")
     assert stored(payment).to_mongo().to_dict() == before
+    # The inbox holds the two events once each, applied; nothing was set aside.
+    mine = RefundEvent.objects(kwargs__payment_id=payment["id"])
+    assert sorted((e.id, e.status, e.reason) for e in mine) == [(e, "applied", None) for e in event_ids]
+    assert read_topic(isolated, isolated.topic_dead_letter, timeout_ms=1500) == []
 
 
 def _group_caught_up(settings: Settings, group: str) -> bool:
@@ -284,16 +292,19 @@ def _group_caught_up(settings: Settings, group: str) -> bool:
         admin.close()
 
 
-def celery_ping_drain(settings: Settings) -> None:
-    """Wait until the refunds queue of this run is empty and the workers idle."""
+def drain_refunds(settings: Settings, celery_app: Any) -> None:
+    """Wait until the refunds queue is empty and no worker holds a refund task (twice in a row)."""
     import redis
 
-    with redis.Redis.from_url(settings.broker_url) as client:
-        wait_until(
-            lambda: client.llen(f"{settings.broker_key_prefix}refunds") == 0,
-            timeout=60,
-            message="refunds queue drained",
-        )
+    def idle() -> bool:
+        with redis.Redis.from_url(settings.broker_url) as client:
+            if client.llen(f"{settings.broker_key_prefix}refunds"):
+                return False
+        inspect = celery_app.control.inspect(timeout=1)
+        held = [*(inspect.active() or {}).values(), *(inspect.reserved() or {}).values()]
+        return not any(task["name"].startswith("refunds.") for tasks in held for task in tasks)
+
+    wait_until(lambda: idle() and idle(), timeout=60, interval=0.5, message="refund tasks drained")
 
 
 @pytest.fixture

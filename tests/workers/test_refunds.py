@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +23,7 @@ from shared.services import inbox
 from shared.settings import Settings
 from tests.support import wait_until
 from tests.web.conftest import Client
-from tests.workers.kafka_support import bridge_process, kcat_produce, read_topic
+from tests.workers.kafka_support import bridge_process, handed_over, kcat_produce, read_topic
 
 PRODUCTS = [
     {"productId": "p-1", "quantity": 3, "price": 19.99, "sellerId": "s-1"},
@@ -325,24 +328,69 @@ def isolated(settings: Settings) -> Iterator[Settings]:
         admin.close()
 
 
+def handed(payment: dict[str, Any]) -> int:
+    """How many events of the payment are in the inbox (handed over by a bridge)."""
+    return RefundEvent.objects(kwargs__payment_id=payment["id"]).count()
+
+
+def _group_members(settings: Settings) -> int:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        name = settings.topic(settings.bridge_group_id)
+        group: dict[str, Any] = admin.describe_groups([name])[name]
+        return len(group.get("members") or [])
+    finally:
+        admin.close()
+
+
 @pytest.mark.slow
 def test_two_bridges_with_a_rebalance_mid_stream_apply_each_of_500_events_once(
-    isolated: Settings, second_worker: Any, paid: Callable[..., dict[str, Any]]
+    isolated: Settings, second_worker: Any, paid: Callable[..., dict[str, Any]], tmp_path: Path
 ) -> None:
     units = [{"productId": "u", "quantity": 500, "price": 0.01, "sellerId": "s"}]
     payment = paid(products=units, total="5.00")
     events = [product_refund(payment, "u", 0.01) for _ in range(500)]
     env = {"KAFKA_TOPIC_PREFIX": isolated.kafka_topic_prefix}
-    with bridge_process(env) as first:
-        kcat_produce(isolated, isolated.topic_product_refunded, events[:200])
-        wait_until(lambda: stored(payment).refunds, timeout=60, message="the first bridge at work")
-        with bridge_process(env) as second:  # joins the group: partitions move mid-stream
-            kcat_produce(isolated, isolated.topic_product_refunded, events[200:400])
-            first.send_signal(signal.SIGTERM)  # the first leaves: they move again
-            assert first.wait(timeout=60) == 0
-            kcat_produce(isolated, isolated.topic_product_refunded, events[400:])
-            wait_until(lambda: settled(payment, 500), timeout=180, interval=0.5, message="500 applied")
-            assert second.poll() is None
+    # The order service keeps sending while the partitions move; the last
+    # 50 events wait until both moves are done, so both land mid-stream.
+    moves_done, given_up = threading.Event(), threading.Event()
+
+    def produce() -> None:
+        for start in range(0, 450, 5):
+            if given_up.is_set():
+                return
+            kcat_produce(isolated, isolated.topic_product_refunded, events[start : start + 5])
+            time.sleep(0.1)
+        if moves_done.wait(timeout=120):
+            kcat_produce(isolated, isolated.topic_product_refunded, events[450:])
+
+    producer = threading.Thread(target=produce, daemon=True)
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    try:
+        with bridge_process(env, first_log) as first:
+            producer.start()
+            wait_until(lambda: handed(payment) > 0, timeout=60, interval=0.05, message="the first at work")
+            with bridge_process(env, second_log) as second:  # joins the group: partitions move
+                wait_until(lambda: _group_members(isolated) == 2, timeout=60, message="the second joined")
+                at_join = handed(payment)
+                first.send_signal(signal.SIGTERM)  # the first leaves: they move again
+                assert first.wait(timeout=60) == 0
+                at_leave = handed(payment)
+                moves_done.set()
+                wait_until(lambda: settled(payment, 500), timeout=180, interval=0.5, message="500 applied")
+                assert second.poll() is None
+    finally:
+        given_up.set()
+        moves_done.set()
+        producer.join(timeout=60)
+    # Both moves came with events handed over before them and events still to come.
+    assert 0 < at_join <= at_leave < 500, (at_join, at_leave)
+    by_first, by_second = set(handed_over(first_log)), set(handed_over(second_log))
+    assert by_first, "the first bridge handed events over"
+    assert by_second, "the second bridge handed events over"
+    assert len(by_first | by_second) == 500
     refunds = stored(payment).refunds
     assert len({r.eventId for r in refunds}) == 500
     assert stored(payment).products[0].refundedQuantity == 500
@@ -358,17 +406,38 @@ def test_a_bridge_killed_mid_stream_and_restarted_loses_no_event_and_applies_non
     units = [{"productId": "u", "quantity": 300, "price": 0.01, "sellerId": "s"}]
     payment = paid(products=units, total="3.00")
     env = {"KAFKA_TOPIC_PREFIX": isolated.kafka_topic_prefix}
-    with bridge_process(env) as first:
-        kcat_produce(
-            isolated,
-            isolated.topic_product_refunded,
-            [product_refund(payment, "u", 0.01) for _ in range(300)],
-        )
-        wait_until(lambda: stored(payment).refunds, timeout=60, message="some handed over")
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    with bridge_process(env):
-        wait_until(lambda: settled(payment, 300), timeout=120, interval=0.5, message="all 300 applied")
+    events = [product_refund(payment, "u", 0.01) for _ in range(300)]
+    # The order service keeps sending while the bridge dies; the last 50
+    # events wait for the kill, so that it lands mid-stream.
+    killed, given_up = threading.Event(), threading.Event()
+
+    def produce() -> None:
+        for start in range(0, 250, 10):
+            if given_up.is_set():
+                return
+            kcat_produce(isolated, isolated.topic_product_refunded, events[start : start + 10])
+            time.sleep(0.05)
+        if killed.wait(timeout=120):
+            kcat_produce(isolated, isolated.topic_product_refunded, events[250:])
+
+    producer = threading.Thread(target=produce, daemon=True)
+    try:
+        with bridge_process(env) as first:
+            producer.start()
+            wait_until(lambda: handed(payment) > 0, timeout=60, interval=0.01, message="some handed over")
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        # The kill landed mid-stream: some events were handed over, some not.
+        at_kill = handed(payment)
+        assert 0 < at_kill < 300, at_kill
+        killed.set()
+        with bridge_process(env):
+            wait_until(lambda: settled(payment, 300), timeout=120, interval=0.5, message="all 300 applied")
+    finally:
+        given_up.set()
+        killed.set()
+        producer.join(timeout=60)
+    assert handed(payment) == 300
     assert len({r.eventId for r in stored(payment).refunds}) == 300
     assert balance(payment) == Decimal("100.00")
     assert len(Card.objects.get(id=payment["creditCardId"]).credits) == 300

@@ -379,7 +379,7 @@ def test_two_bridges_with_a_rebalance_mid_stream_apply_each_of_500_events_once(
                 assert first.wait(timeout=60) == 0
                 at_leave = handed(payment)
                 moves_done.set()
-                wait_until(lambda: settled(payment, 500), timeout=180, interval=0.5, message="500 applied")
+                wait_until(lambda: settled(payment, 500), timeout=240, interval=0.5, message="500 applied")
                 assert second.poll() is None
     finally:
         given_up.set()
@@ -432,7 +432,7 @@ def test_a_bridge_killed_mid_stream_and_restarted_loses_no_event_and_applies_non
         assert 0 < at_kill < 300, at_kill
         killed.set()
         with bridge_process(env):
-            wait_until(lambda: settled(payment, 300), timeout=120, interval=0.5, message="all 300 applied")
+            wait_until(lambda: settled(payment, 300), timeout=240, interval=0.5, message="all 300 applied")
     finally:
         given_up.set()
         killed.set()

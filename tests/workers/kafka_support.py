@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer
@@ -49,18 +51,36 @@ def read_topic(settings: Settings, topic: str, timeout_ms: int = 5000) -> list[A
 
 
 @contextmanager
-def bridge_process(env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """A refund bridge process of this test run (stopped with SIGKILL if still running)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workers.bridge"],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def bridge_process(
+    env: dict[str, str] | None = None, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A refund bridge process of this test run (stopped with SIGKILL if still running).
+
+    With ``log``, its log lines (JSON, one a line) are written to that file.
+    """
+    with contextlib.ExitStack() as stack:
+        err: Any = subprocess.DEVNULL if log is None else stack.enter_context(log.open("ab"))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.bridge"],
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def handed_over(log: Path) -> list[str]:
+    """The event ids a bridge logged as handed over, in order."""
+    ids = []
+    for line in log.read_text().splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry.get("msg") == "refund event handed over":
+                ids.append(entry["event_id"])
+    return ids

@@ -50,7 +50,7 @@ def test_a_charge_that_ran_out_of_retries_after_its_debit_is_resumed_and_debits_
 ) -> None:
     world = world_factory(failpoints="stall:charge.after_debit")
     client = Client(world.api.url)
-    card = client.add_card(money=100)
+    card = client.add_card(money=1000)  # room for a second debit, were the marker lost
     checkout = seed_checkout(client.user_id, total="59.97")
     job_id = client.pay(checkout["_id"], card["id"]).json()["id"]
     wait_until(lambda: Card.objects.get(id=card["id"]).inflight, timeout=60, message="debit applied")
@@ -65,7 +65,7 @@ def test_a_charge_that_ran_out_of_retries_after_its_debit_is_resumed_and_debits_
     payment = Payment.objects.get(checkoutId=checkout["_id"])
     assert payment.state == PaymentState.CHARGED
     stored = Card.objects.get(id=card["id"])
-    assert stored.money == Decimal("40.03")
+    assert stored.money == Decimal("940.03")
     assert stored.inflight == []
     assert LedgerEntry.objects(cardId=card["id"], kind="debit").count() == 1
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +23,7 @@ from shared.services import inbox
 from shared.settings import Settings
 from tests.support import wait_until
 from tests.web.conftest import Client
-from tests.workers.kafka_support import bridge_process, kcat_produce, read_topic
+from tests.workers.kafka_support import bridge_process, handed_over, kcat_produce, read_topic
 
 PRODUCTS = [
     {"productId": "p-1", "quantity": 3, "price": 19.99, "sellerId": "s-1"},
@@ -128,7 +131,9 @@ def test_product_refunds_credit_their_units_and_a_later_order_refund_only_the_re
         ("unknown payment", "unknown_payment"),
         ("product not in payment", "product_not_in_payment"),
         ("not whole units", "not_whole_units"),
-        ("more units than bought", "over_refund"),
+        # Each cap on its own: the product's units, then the payment's amount.
+        ("more units of a product than bought", "over_refund"),
+        ("more than the payment has left", "over_refund"),
         ("deleted card", "card_deleted"),
         ("already refunded in full", "nothing_to_refund"),
     ],
@@ -141,7 +146,13 @@ def test_an_event_that_cannot_apply_is_dead_lettered_with_its_reason_and_changes
     client: Client,
     paid: Callable[..., dict[str, Any]],
 ) -> None:
-    payment = paid()
+    if case == "more than the payment has left":
+        # A discounted checkout: its products add up to more than was paid.
+        payment = paid(total="50.00")
+        kcat_produce(settings, settings.topic_product_refunded, [product_refund(payment, "p-1", 39.98)])
+        wait_until(lambda: settled(payment, 1), timeout=60, message="first refund")
+    else:
+        payment = paid()
     if case == "already refunded in full":
         kcat_produce(settings, settings.topic_order_refunded, [order_refund(payment)])
         wait_until(lambda: settled(payment, 1), timeout=60, message="first refund")
@@ -154,7 +165,10 @@ def test_an_event_that_cannot_apply_is_dead_lettered_with_its_reason_and_changes
         "unknown payment": order_refund(target, 10.0),
         "product not in payment": product_refund(payment, "p-9", 19.99),
         "not whole units": product_refund(payment, "p-1", 30.00),
-        "more units than bought": product_refund(payment, "p-1", 79.96),
+        # 2 units of p-2, 1 bought; 20.00 of the 69.97 paid is left.
+        "more units of a product than bought": product_refund(payment, "p-2", 20.00),
+        # 1 unit of p-1 is left, but only 10.02 of the 50.00 paid.
+        "more than the payment has left": product_refund(payment, "p-1", 19.99),
         "deleted card": order_refund(payment),
         "already refunded in full": order_refund(payment),
     }[case]
@@ -196,25 +210,67 @@ def test_the_same_event_delivered_three_times_credits_once(
     assert len(applied) >= 1
 
 
+def test_concurrent_partial_refunds_that_together_exceed_what_was_bought_apply_only_what_fits(
+    settings: Settings,
+    celery_app: Any,
+    celery_worker: Any,
+    second_worker: Any,
+    paid: Callable[..., dict[str, Any]],
+) -> None:
+    payment = paid()  # p-1: 3 x 19.99, p-2: 1 x 10.00
+    topic = settings.topic(settings.topic_product_refunded)
+    asked = [("p-1", "19.99")] * 12 + [("p-2", "10.00")] * 4  # 279.88 asked of 69.97
+    tasks = []
+    for product_id, price in asked:
+        event_id = f"{topic}:2:{uuid.uuid4().int % 10**12}"
+        kwargs = {"event_id": event_id, "payment_id": payment["id"], "product_id": product_id, "price": price}
+        inbox.hand_over(celery_app, event_id, "refunds.refund_product", kwargs)  # as the bridge does
+        tasks.append(event_id)
+    wait_until(
+        lambda: RefundEvent.objects(id__in=tasks, status="received").count() == 0,
+        timeout=90,
+        message="every event settled",
+    )
+    settled_as = [(e.status, e.reason) for e in RefundEvent.objects(id__in=tasks)]
+    assert sorted(settled_as, key=str) == sorted(
+        [("applied", None)] * 4 + [("dead_lettered", "over_refund")] * 12, key=str
+    )
+    final = stored(payment)
+    assert [p.refundedQuantity for p in final.products] == [3, 1]
+    assert final.refundedAmount == Decimal("69.97")
+    assert final.refunded is True
+    wait_until(lambda: settled(payment, 4), timeout=60, message="the four that fit published")
+    assert balance(payment) == Decimal("100.00")
+    assert LedgerEntry.objects(paymentId=payment["id"], kind="credit").count() == 4
+
+
 @pytest.mark.slow
 def test_a_replay_of_the_whole_topic_from_the_beginning_changes_nothing(
-    settings: Settings, bridge: Any, paid: Callable[..., dict[str, Any]]
+    isolated: Settings, celery_app: Any, celery_worker: Any, paid: Callable[..., dict[str, Any]]
 ) -> None:
     payment = paid()
-    # One after the other: the topics are not ordered with each other, and an
-    # order refund first would leave nothing for the product refund.
-    kcat_produce(settings, settings.topic_product_refunded, [product_refund(payment, "p-1", 19.99)])
-    wait_until(lambda: settled(payment, 1), timeout=60, message="product refunded")
-    kcat_produce(settings, settings.topic_order_refunded, [order_refund(payment)])
-    wait_until(lambda: settled(payment, 2), timeout=60, message="the rest refunded")
+    env = {"KAFKA_TOPIC_PREFIX": isolated.kafka_topic_prefix}
+    # Two partial refunds leave room (39.98 of 69.97, two units of p-1): a
+    # replayed event whose id were not recognised would fit and apply again.
+    events = [product_refund(payment, "p-1", 19.99), product_refund(payment, "p-2", 10.00)]
+    with bridge_process(env):
+        kcat_produce(isolated, isolated.topic_product_refunded, events)
+        wait_until(lambda: settled(payment, 2), timeout=60, message="both refunded")
+    assert balance(payment) == Decimal("60.02")
     before = stored(payment).to_mongo().to_dict()
+    event_ids = sorted(r.eventId for r in stored(payment).refunds)
+    assert [RefundEvent.objects.get(id=e).status for e in event_ids] == ["applied", "applied"]
     # A new consumer group reads both topics again from offset 0.
     group = f"replay-{uuid.uuid4().hex[:6]}"
-    with bridge_process({"KAFKA_BRIDGE_GROUP": group}):
-        wait_until(lambda: _group_caught_up(settings, group), timeout=90, message="replay consumed")
-        celery_ping_drain(settings)
-    assert balance(payment) == Decimal("100.00")
+    with bridge_process({**env, "KAFKA_BRIDGE_GROUP": group}):
+        wait_until(lambda: _group_caught_up(isolated, group), timeout=90, message="replay consumed")
+        drain_refunds(isolated, celery_app)
+    assert balance(payment) == Decimal("60.02")
     assert stored(payment).to_mongo().to_dict() == before
+    # The inbox holds the two events once each, applied; nothing was set aside.
+    mine = RefundEvent.objects(kwargs__payment_id=payment["id"])
+    assert sorted((e.id, e.status, e.reason) for e in mine) == [(e, "applied", None) for e in event_ids]
+    assert read_topic(isolated, isolated.topic_dead_letter, timeout_ms=1500) == []
 
 
 def _group_caught_up(settings: Settings, group: str) -> bool:
@@ -238,16 +294,19 @@ def _group_caught_up(settings: Settings, group: str) -> bool:
         admin.close()
 
 
-def celery_ping_drain(settings: Settings) -> None:
-    """Wait until the refunds queue of this run is empty and the workers idle."""
+def drain_refunds(settings: Settings, celery_app: Any) -> None:
+    """Wait until the refunds queue is empty and no worker holds a refund task (twice in a row)."""
     import redis
 
-    with redis.Redis.from_url(settings.broker_url) as client:
-        wait_until(
-            lambda: client.llen(f"{settings.broker_key_prefix}refunds") == 0,
-            timeout=60,
-            message="refunds queue drained",
-        )
+    def idle() -> bool:
+        with redis.Redis.from_url(settings.broker_url) as client:
+            if client.llen(f"{settings.broker_key_prefix}refunds"):
+                return False
+        inspect = celery_app.control.inspect(timeout=1)
+        held = [*(inspect.active() or {}).values(), *(inspect.reserved() or {}).values()]
+        return not any(task["name"].startswith("refunds.") for tasks in held for task in tasks)
+
+    wait_until(lambda: idle() and idle(), timeout=60, interval=0.5, message="refund tasks drained")
 
 
 @pytest.fixture
@@ -268,24 +327,69 @@ def isolated(settings: Settings) -> Iterator[Settings]:
         admin.close()
 
 
+def handed(payment: dict[str, Any]) -> int:
+    """How many events of the payment are in the inbox (handed over by a bridge)."""
+    return RefundEvent.objects(kwargs__payment_id=payment["id"]).count()
+
+
+def _group_members(settings: Settings) -> int:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        name = settings.topic(settings.bridge_group_id)
+        group: dict[str, Any] = admin.describe_groups([name])[name]
+        return len(group.get("members") or [])
+    finally:
+        admin.close()
+
+
 @pytest.mark.slow
 def test_two_bridges_with_a_rebalance_mid_stream_apply_each_of_500_events_once(
-    isolated: Settings, second_worker: Any, paid: Callable[..., dict[str, Any]]
+    isolated: Settings, second_worker: Any, paid: Callable[..., dict[str, Any]], tmp_path: Path
 ) -> None:
     units = [{"productId": "u", "quantity": 500, "price": 0.01, "sellerId": "s"}]
     payment = paid(products=units, total="5.00")
     events = [product_refund(payment, "u", 0.01) for _ in range(500)]
     env = {"KAFKA_TOPIC_PREFIX": isolated.kafka_topic_prefix}
-    with bridge_process(env) as first:
-        kcat_produce(isolated, isolated.topic_product_refunded, events[:200])
-        wait_until(lambda: stored(payment).refunds, timeout=60, message="the first bridge at work")
-        with bridge_process(env) as second:  # joins the group: partitions move mid-stream
-            kcat_produce(isolated, isolated.topic_product_refunded, events[200:400])
-            first.send_signal(signal.SIGTERM)  # the first leaves: they move again
-            assert first.wait(timeout=60) == 0
-            kcat_produce(isolated, isolated.topic_product_refunded, events[400:])
-            wait_until(lambda: settled(payment, 500), timeout=180, interval=0.5, message="500 applied")
-            assert second.poll() is None
+    # The order service keeps sending while the partitions move; the last
+    # 50 events wait until both moves are done, so both land mid-stream.
+    moves_done, given_up = threading.Event(), threading.Event()
+
+    def produce() -> None:
+        for start in range(0, 450, 5):
+            if given_up.is_set():
+                return
+            kcat_produce(isolated, isolated.topic_product_refunded, events[start : start + 5])
+            time.sleep(0.1)
+        if moves_done.wait(timeout=120):
+            kcat_produce(isolated, isolated.topic_product_refunded, events[450:])
+
+    producer = threading.Thread(target=produce, daemon=True)
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    try:
+        with bridge_process(env, first_log) as first:
+            producer.start()
+            wait_until(lambda: handed(payment) > 0, timeout=60, interval=0.05, message="the first at work")
+            with bridge_process(env, second_log) as second:  # joins the group: partitions move
+                wait_until(lambda: _group_members(isolated) == 2, timeout=60, message="the second joined")
+                at_join = handed(payment)
+                first.send_signal(signal.SIGTERM)  # the first leaves: they move again
+                assert first.wait(timeout=60) == 0
+                at_leave = handed(payment)
+                moves_done.set()
+                wait_until(lambda: settled(payment, 500), timeout=240, interval=0.5, message="500 applied")
+                assert second.poll() is None
+    finally:
+        given_up.set()
+        moves_done.set()
+        producer.join(timeout=60)
+    # Both moves came with events handed over before them and events still to come.
+    assert 0 < at_join <= at_leave < 500, (at_join, at_leave)
+    by_first, by_second = set(handed_over(first_log)), set(handed_over(second_log))
+    assert by_first, "the first bridge handed events over"
+    assert by_second, "the second bridge handed events over"
+    assert len(by_first | by_second) == 500
     refunds = stored(payment).refunds
     assert len({r.eventId for r in refunds}) == 500
     assert stored(payment).products[0].refundedQuantity == 500
@@ -301,17 +405,38 @@ def test_a_bridge_killed_mid_stream_and_restarted_loses_no_event_and_applies_non
     units = [{"productId": "u", "quantity": 300, "price": 0.01, "sellerId": "s"}]
     payment = paid(products=units, total="3.00")
     env = {"KAFKA_TOPIC_PREFIX": isolated.kafka_topic_prefix}
-    with bridge_process(env) as first:
-        kcat_produce(
-            isolated,
-            isolated.topic_product_refunded,
-            [product_refund(payment, "u", 0.01) for _ in range(300)],
-        )
-        wait_until(lambda: stored(payment).refunds, timeout=60, message="some handed over")
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    with bridge_process(env):
-        wait_until(lambda: settled(payment, 300), timeout=120, interval=0.5, message="all 300 applied")
+    events = [product_refund(payment, "u", 0.01) for _ in range(300)]
+    # The order service keeps sending while the bridge dies; the last 50
+    # events wait for the kill, so that it lands mid-stream.
+    killed, given_up = threading.Event(), threading.Event()
+
+    def produce() -> None:
+        for start in range(0, 250, 10):
+            if given_up.is_set():
+                return
+            kcat_produce(isolated, isolated.topic_product_refunded, events[start : start + 10])
+            time.sleep(0.05)
+        if killed.wait(timeout=120):
+            kcat_produce(isolated, isolated.topic_product_refunded, events[250:])
+
+    producer = threading.Thread(target=produce, daemon=True)
+    try:
+        with bridge_process(env) as first:
+            producer.start()
+            wait_until(lambda: handed(payment) > 0, timeout=60, interval=0.01, message="some handed over")
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        # The kill landed mid-stream: some events were handed over, some not.
+        at_kill = handed(payment)
+        assert 0 < at_kill < 300, at_kill
+        killed.set()
+        with bridge_process(env):
+            wait_until(lambda: settled(payment, 300), timeout=240, interval=0.5, message="all 300 applied")
+    finally:
+        given_up.set()
+        killed.set()
+        producer.join(timeout=60)
+    assert handed(payment) == 300
     assert len({r.eventId for r in stored(payment).refunds}) == 300
     assert balance(payment) == Decimal("100.00")
     assert Card.objects.get(id=payment["creditCardId"]).inflight == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from tests.conftest import start_worker, stop_worker
@@ -18,24 +20,27 @@ def test_a_worker_process_runs_a_task_sent_by_name(celery_app, celery_worker) ->
 
 @pytest.mark.slow
 def test_tasks_spread_over_worker_nodes_started_separately(celery_app, celery_worker) -> None:
-    second = start_worker("w2", concurrency=1)
+    # A name of its own: a session-wide node (w2) answering would prove nothing.
+    name = f"spread{uuid.uuid4().hex[:6]}"
+    second = start_worker(name, concurrency=1)
     try:
 
-        def nodes() -> set[str]:
-            return {name for reply in celery_app.control.ping(timeout=1) for name in reply}
+        def node() -> str | None:
+            names = {n for reply in celery_app.control.ping(timeout=1) for n in reply}
+            return next((n for n in names if n.startswith(f"{name}-")), None)
 
-        wait_until(
-            lambda: any(n.startswith("w2-") for n in nodes()),
-            timeout=60,
-            message="second worker node answers",
-        )
+        full_name = wait_until(node, timeout=60, message="the new worker node answers")
+        stats = celery_app.control.inspect(destination=[full_name], timeout=5).stats()
+        new_pids = set(stats[full_name]["pool"]["processes"])
+        assert new_pids
         pids: set[int] = set()
-        for _ in range(5):
-            results = [celery_app.send_task("system.ping") for _ in range(30)]
+        for _ in range(10):
+            results = [celery_app.send_task("system.ping", ignore_result=False) for _ in range(30)]
             pids |= {r.get(timeout=30)["pid"] for r in results}
-            if len(pids) >= 3:
+            if pids & new_pids and len(pids - new_pids) >= 1:
                 break
-        # two pool processes of w1 and at least the one of w2
-        assert len(pids) >= 3, pids
+        # The new node ran some of them, and the first node some others.
+        assert pids & new_pids, (pids, new_pids)
+        assert pids - new_pids, pids
     finally:
         stop_worker(second)

@@ -63,7 +63,7 @@ def drop_run(run: str, env: dict[str, str], settings: Any) -> None:
         keys = list(client.scan_iter(f"{run}:*"))
         if keys:
             client.delete(*keys)
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = KafkaAdminClient(**settings.kafka_client_options)
     try:
         admin.delete_topics(settings.all_topics)
     finally:

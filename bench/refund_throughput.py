@@ -88,7 +88,7 @@ def one_run(settings: Any, payment_ids: list[str], events: int, pace: float = 0.
     """Produce ``events`` (all at once, or one every ``pace`` seconds) and wait for every credit."""
     from shared.models import LedgerEntry
 
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
+    producer = KafkaProducer(**settings.kafka_client_options, linger_ms=5)
     topic = settings.topic(settings.topic_product_refunded)
     started = LedgerEntry.objects.count()
     t0 = time.time()

@@ -101,6 +101,8 @@ def run() -> int:
     ensure_env_file()
     from shared.settings import load_settings
 
+    # DEVSTACK_SECURE=1: every process authenticates to Kafka and Redis.
+    os.environ.update(servers.secure_env())
     settings = load_settings()
     t0 = time.monotonic()
     record = servers.STACK_DIR / "run" / "dev-started"
@@ -116,7 +118,7 @@ def run() -> int:
     signal.signal(signal.SIGTERM, _stop)
     try:
         servers.up(list(servers.SERVERS), record=record)
-        subprocess.run([PY, "-m", "workers.topics"], cwd=ROOT, check=True)
+        _create_topics()
         for name, command in _processes(settings).items():
             proc = subprocess.Popen(
                 command,
@@ -155,6 +157,19 @@ def run() -> int:
                 os.killpg(proc.pid, signal.SIGKILL)
         servers.down(record=record)
         servers.log("stopped")
+
+
+def _create_topics() -> None:
+    """The topics, and on the secure stack the ACLs, created as Kafka's admin."""
+    command = [PY, "-m", "workers.topics"]
+    env = dict(os.environ)
+    if servers.SECURE:
+        command += ["--grant", servers.KAFKA_SERVICE, servers.KAFKA_ORDER_SERVICE]
+        env.update(
+            KAFKA_SASL_USERNAME=servers.KAFKA_ADMIN,
+            KAFKA_SASL_PASSWORD=servers.KAFKA_USERS[servers.KAFKA_ADMIN],
+        )
+    subprocess.run(command, cwd=ROOT, check=True, env=env)
 
 
 def _wait_for_api(port: int, children: dict[str, subprocess.Popen[bytes]]) -> None:

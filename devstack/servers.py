@@ -33,6 +33,22 @@ KAFKA_PORT = int(os.environ.get("DEVSTACK_KAFKA_PORT", "9092"))
 KAFKA_CONTROLLER_PORT = int(os.environ.get("DEVSTACK_KAFKA_CONTROLLER_PORT", "9093"))
 MONGO_PORT = int(os.environ.get("DEVSTACK_MONGO_PORT", "27017"))
 
+#: DEVSTACK_SECURE=1: Kafka authenticates clients (SASL/SCRAM) and authorizes
+#: them (ACLs), Redis asks for a password.  Switching needs fresh data
+#: (`make clean`): SCRAM users are created when Kafka's log dir is formatted.
+SECURE = os.environ.get("DEVSTACK_SECURE", "") == "1"
+KAFKA_SCRAM_MECHANISM = "SCRAM-SHA-512"
+KAFKA_ADMIN = "admin"
+#: Principals of the secure stack and their development passwords (public,
+#: like .env.example's secrets; production refuses them).
+KAFKA_USERS = {
+    KAFKA_ADMIN: "dev-kafka-admin-password",
+    "payments": "dev-kafka-payments-password",
+    "orders": "dev-kafka-orders-password",
+}
+KAFKA_SERVICE, KAFKA_ORDER_SERVICE = "payments", "orders"
+REDIS_PASSWORD = "dev-redis-password"
+
 # Debian packages the stack and its tests need (kcat is the Kafka client that
 # is not ours, used to produce refund events the way the order service does;
 # nginx is the API's buffering proxy).
@@ -220,16 +236,31 @@ def _java() -> str:
 def _redis_ready() -> bool:
     try:
         with socket.create_connection((HOST, REDIS_PORT), timeout=0.5) as sock:
+            if SECURE:
+                sock.sendall(f"AUTH {REDIS_PASSWORD}\r\n".encode())
+                if not sock.recv(64).startswith(b"+OK"):
+                    return False
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
 
 
-def redis_command(port: int = REDIS_PORT, data: Path | None = None) -> list[str]:
-    """The Redis server of the stack (tests start private ones the same way)."""
+def redis_url(port: int = REDIS_PORT, password: str | None = None) -> str:
+    """The URL clients of the stack's Redis use (with its password on the secure stack)."""
+    password = REDIS_PASSWORD if password is None and SECURE else password
+    return f"redis://{':' + password + '@' if password else ''}{HOST}:{port}/0"
+
+
+def redis_command(port: int = REDIS_PORT, data: Path | None = None, password: str | None = None) -> list[str]:
+    """The Redis server of the stack (tests start private ones the same way).
+
+    With a ``password`` (the secure stack's by default) clients must AUTH.
+    """
     data = data or STACK_DIR / "redis"
     data.mkdir(parents=True, exist_ok=True)
+    password = REDIS_PASSWORD if password is None and SECURE else password
+    auth = ["--requirepass", password] if password else []
     return [
         "redis-server",
         "--bind",
@@ -247,6 +278,7 @@ def redis_command(port: int = REDIS_PORT, data: Path | None = None) -> list[str]
         "",
         "--daemonize",
         "no",
+        *auth,
     ]
 
 
@@ -330,16 +362,34 @@ def _mongo_command() -> list[str]:
 
 
 def kafka_prepare(
-    root: Path | None = None, port: int = KAFKA_PORT, controller_port: int = KAFKA_CONTROLLER_PORT
+    root: Path | None = None,
+    port: int = KAFKA_PORT,
+    controller_port: int = KAFKA_CONTROLLER_PORT,
+    users: dict[str, str] | None = None,
 ) -> Path:
     """Write a broker's configuration under ``root`` and format its log dir once (KRaft).
 
     Returns the properties file.  The stack's broker lives in .stack/kafka;
     tests start private brokers (to stop and restart them) the same way.
+    With ``users`` (name to password; the secure stack's by default) clients
+    must authenticate with SASL/SCRAM as one of them, ``KAFKA_ADMIN`` is the
+    super user, and everyone else may do only what an ACL allows.
     """
     root = root or STACK_DIR / "kafka"
     data = root / "data"
+    users = dict(KAFKA_USERS) if users is None and SECURE else users
     template = (DEVSTACK / "kafka" / "server.properties").read_text()
+    scram: list[str] = []
+    if users:
+        template += "\n" + (DEVSTACK / "kafka" / "sasl.properties").read_text()
+        template = (
+            template.replace("@MECHANISM@", KAFKA_SCRAM_MECHANISM)
+            .replace("@MECHANISM_LOWER@", KAFKA_SCRAM_MECHANISM.lower())
+            .replace("@ADMIN_USER@", KAFKA_ADMIN)
+            .replace("@ADMIN_PASSWORD@", users[KAFKA_ADMIN])
+        )
+        for name, password in users.items():
+            scram += ["--add-scram", f"{KAFKA_SCRAM_MECHANISM}=[name={name},password={password}]"]
     config = (
         template.replace("@HOST@", HOST)
         .replace("@PORT@", str(port))
@@ -366,6 +416,7 @@ def kafka_prepare(
                 cluster_id,
                 "-c",
                 str(properties),
+                *scram,
             ],
             check=True,
             capture_output=True,
@@ -397,14 +448,44 @@ def kafka_command(root: Path | None = None, heap: str = "768m") -> list[str]:
     ]
 
 
-def kafka_ready(port: int = KAFKA_PORT) -> bool:
+def kafka_client_options(
+    port: int = KAFKA_PORT, user: str | None = None, password: str | None = None
+) -> dict[str, str]:
+    """kafka-python options to reach a broker of the stack, as ``user`` (the admin on the secure stack)."""
+    if user is None and SECURE:
+        user, password = KAFKA_ADMIN, KAFKA_USERS[KAFKA_ADMIN]
+    options = {"bootstrap_servers": f"{HOST}:{port}"}
+    if user:
+        options.update(
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism=KAFKA_SCRAM_MECHANISM,
+            sasl_plain_username=user,
+            sasl_plain_password=password or "",
+        )
+    return options
+
+
+def secure_env(*, force: bool = False) -> dict[str, str]:
+    """The settings the service needs on the secure stack (DEVSTACK_SECURE=1): empty otherwise."""
+    if not (SECURE or force):
+        return {}
+    return {
+        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "KAFKA_SASL_MECHANISM": KAFKA_SCRAM_MECHANISM,
+        "KAFKA_SASL_USERNAME": KAFKA_SERVICE,
+        "KAFKA_SASL_PASSWORD": KAFKA_USERS[KAFKA_SERVICE],
+        "CELERY_BROKER_URL": redis_url(password=REDIS_PASSWORD),
+    }
+
+
+def kafka_ready(port: int = KAFKA_PORT, user: str | None = None, password: str | None = None) -> bool:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     if not port_open(port):
         return False
     try:
-        admin = KafkaAdminClient(bootstrap_servers=f"{HOST}:{port}", request_timeout_ms=3000)
+        admin = KafkaAdminClient(**kafka_client_options(port, user, password), request_timeout_ms=3000)
     except (KafkaError, OSError, ValueError):
         return False
     try:

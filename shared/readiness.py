@@ -33,7 +33,7 @@ def check_redis(settings: Settings, timeout: float) -> None:
 def check_kafka(settings: Settings, timeout: float) -> None:
     try:
         admin = KafkaAdminClient(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **settings.kafka_client_options,
             request_timeout_ms=int(timeout * 1000),
             bootstrap_timeout_ms=int(timeout * 1000),
         )

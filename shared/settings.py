@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from limits import parse_many
 from pydantic import (
@@ -37,7 +37,7 @@ class ConfigurationError(Exception):
 
 
 #: Secrets that are public because the repository holds them (.env.example,
-#: the test suite's environment, devstack's defaults).  Production refuses
+#: the test suite's environment, devstack's secure stack).  Production refuses
 #: them; tests/test_settings.py keeps this list in step with those files.
 DEVELOPMENT_SECRETS = frozenset(
     {
@@ -47,6 +47,9 @@ DEVELOPMENT_SECRETS = frozenset(
         "test-jwt-secret-0123456789abcdefghijkl",
         "test-card-fingerprint-key-0123456789abcdef",
         "test-flower-password",
+        "dev-kafka-admin-password",
+        "dev-kafka-payments-password",
+        "dev-kafka-orders-password",
     }
 )
 #: A secret with one of these in it was never meant to be one.
@@ -117,6 +120,26 @@ class Settings(BaseSettings):
         default_factory=lambda: ["127.0.0.1:9092"],
         validation_alias="KAFKA_URI",
         description="Kafka bootstrap servers, comma-separated host:port.",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        validation_alias="KAFKA_SECURITY_PROTOCOL",
+        description="How every Kafka client connects: PLAINTEXT, SASL_PLAINTEXT or SASL_SSL.",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512",
+        validation_alias="KAFKA_SASL_MECHANISM",
+        description="SASL mechanism with a SASL_* protocol.",
+    )
+    kafka_sasl_username: str | None = Field(
+        None,
+        validation_alias="KAFKA_SASL_USERNAME",
+        description="Kafka principal of this service (required with a SASL_* protocol).",
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        None,
+        validation_alias="KAFKA_SASL_PASSWORD",
+        description="Password of KAFKA_SASL_USERNAME (required with a SASL_* protocol).",
     )
     broker_url: str = Field(
         "redis://127.0.0.1:6379/0",
@@ -367,6 +390,13 @@ class Settings(BaseSettings):
             raise ValueError("PAYMENT_FAILPOINTS is only allowed with PAYMENT_ENV=test")
         if self.environment is Environment.PRODUCTION and self.flower_password is None:
             raise ValueError("FLOWER_PASSWORD is required in production")
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with "
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+            )
         if self.environment is Environment.PRODUCTION:
             self._refuse_development_values()
         return self
@@ -377,6 +407,7 @@ class Settings(BaseSettings):
             "JWT_SEC": self.jwt_secret,
             "CARD_FINGERPRINT_KEY": self.card_fingerprint_key,
             "FLOWER_PASSWORD": self.flower_password,
+            "KAFKA_SASL_PASSWORD": self.kafka_sasl_password,
         }
         for variable, secret in secrets.items():
             value = secret.get_secret_value() if secret is not None else ""
@@ -393,6 +424,22 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """The real name of a configured topic, with the run's prefix."""
         return f"{self.kafka_topic_prefix}{name}"
+
+    @property
+    def kafka_client_options(self) -> dict[str, Any]:
+        """What every Kafka client (kafka-python) needs to reach and authenticate to the brokers."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol.startswith("SASL_"):
+            assert self.kafka_sasl_password is not None  # checked at start
+            options.update(
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_plain_username=self.kafka_sasl_username,
+                sasl_plain_password=self.kafka_sasl_password.get_secret_value(),
+            )
+        return options
 
     @property
     def consumed_topics(self) -> list[str]:

@@ -36,11 +36,26 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-BACKING_SERVICES = ("mongo", "kafka", "redis")
+BACKING_SERVICES = ("mongo", "kafka-format", "kafka", "redis")
 EDGE_SERVICES = ("proxy",)
 APP_SERVICES = ("topics", "api", "worker", "beat", "bridge", "flower")
 SCALABLE_SERVICES = ("worker", "bridge")
-NAMED_SECRETS = {"JWT_SEC", "CARD_FINGERPRINT_KEY", "FLOWER_PASSWORD"}
+NAMED_SECRETS = {"JWT_SEC", "CARD_FINGERPRINT_KEY", "FLOWER_PASSWORD", "KAFKA_SASL_PASSWORD"}
+#: Secrets of the servers that are not settings of ours (passwords in URLs, other principals).
+SERVER_SECRETS = {
+    "MONGO_PASSWORD",
+    "MONGO_ROOT_PASSWORD",
+    "REDIS_PASSWORD",
+    "KAFKA_ADMIN_PASSWORD",
+    "KAFKA_ORDERS_PASSWORD",
+}
+#: The one-shot that creates topics and ACLs runs as Kafka's admin: only these differ.
+ADMIN_OVERRIDES = {
+    "topics": {
+        "KAFKA_SASL_USERNAME": "admin",
+        "KAFKA_SASL_PASSWORD": "${KAFKA_ADMIN_PASSWORD:?set KAFKA_ADMIN_PASSWORD}",
+    }
+}
 HEALTHCHECKED_SERVICES = ("mongo", "kafka", "redis", "proxy", "api", "worker", "flower")
 NGINX_TEMPLATE = ROOT / "devstack" / "nginx" / "payment.conf.template"
 
@@ -49,6 +64,12 @@ DUMMY_SECRETS = {
     "JWT_SEC": "compose-test-jwt-secret-0123456789",
     "CARD_FINGERPRINT_KEY": "compose-test-card-fingerprint-key-0123456789",
     "FLOWER_PASSWORD": "compose-test-flower-password",
+    "KAFKA_SASL_PASSWORD": "compose-test-kafka-password",
+    "MONGO_PASSWORD": "compose-test-mongo-password",
+    "MONGO_ROOT_PASSWORD": "compose-test-mongo-root-password",
+    "REDIS_PASSWORD": "compose-test-redis-password",
+    "KAFKA_ADMIN_PASSWORD": "compose-test-kafka-admin-password",
+    "KAFKA_ORDERS_PASSWORD": "compose-test-kafka-orders-password",
 }
 
 #: The modules the process entry points live in (``True``: run with ``-m``).
@@ -340,7 +361,8 @@ def test_the_compose_file_parses_and_defines_every_service() -> None:
 def test_every_app_service_runs_the_one_image_with_the_shared_environment(name: str) -> None:
     compose = _load_compose()
     service = compose["services"][name]
-    assert _environment(service) == _environment({"environment": compose["x-app-env"]})
+    shared = {**compose["x-app-env"], **ADMIN_OVERRIDES.get(name, {})}
+    assert _environment(service) == _environment({"environment": shared})
     assert service["image"] == compose["services"]["api"]["image"]
     assert service["build"] == "."
 
@@ -368,6 +390,10 @@ def test_the_environment_of_every_app_service_loads_as_valid_production_settings
     settings = _ComposeSettings(**environment)
     assert settings.environment is Environment.PRODUCTION
     assert settings.jwt_secret.get_secret_value() == DUMMY_SECRETS["JWT_SEC"]
+    # Every server authenticates the service.
+    assert settings.mongo_url.startswith(f"mongodb://payments:{DUMMY_SECRETS['MONGO_PASSWORD']}@")
+    assert settings.broker_url.startswith(f"redis://:{DUMMY_SECRETS['REDIS_PASSWORD']}@")
+    assert settings.kafka_security_protocol == "SASL_PLAINTEXT"
 
 
 def test_every_secret_setting_is_one_of_the_secrets_compose_requires_from_the_host() -> None:
@@ -377,12 +403,24 @@ def test_every_secret_setting_is_one_of_the_secrets_compose_requires_from_the_ho
 @pytest.mark.parametrize("name", APP_SERVICES)
 def test_secrets_are_never_literal_but_required_from_the_host_environment(name: str) -> None:
     environment = _environment(_service(name))
+    overrides = ADMIN_OVERRIDES.get(name, {})
     for variable in sorted(_secret_variables() & set(environment)):
-        pattern = rf"\$\{{{variable}:\?[^}}]+\}}"
+        source = "KAFKA_ADMIN_PASSWORD" if variable in overrides else variable
+        pattern = rf"\$\{{{source}:\?[^}}]+\}}"
         assert re.fullmatch(pattern, environment[variable]), (
-            f"{name}: {variable} must be ${{{variable}:?message}}, not {environment[variable]!r}"
+            f"{name}: {variable} must be ${{{source}:?message}}, not {environment[variable]!r}"
         )
     assert set(environment) >= NAMED_SECRETS
+
+
+def test_every_server_password_is_required_from_the_host_environment() -> None:
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    for variable in sorted(SERVER_SECRETS | NAMED_SECRETS):
+        assert re.search(rf"\$\{{{variable}:\?[^}}]+\}}", text), f"{variable} is not required"
+    with pytest.raises(LookupError, match="REDIS_PASSWORD"):
+        _interpolate(_environment(_service("api"))["CELERY_BROKER_URL"], {})
+    with pytest.raises(LookupError, match="MONGO_PASSWORD"):
+        _interpolate(_environment(_service("api"))["MONGO_URL"], {})
 
 
 def test_compose_fails_with_a_message_when_a_secret_is_missing() -> None:
@@ -415,16 +453,52 @@ def test_kafka_does_not_create_topics_on_first_use() -> None:
 def test_kafka_is_a_single_kraft_node_with_replication_factor_one() -> None:
     environment = _environment(_service("kafka"))
     assert environment["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert environment["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+    assert environment["KAFKA_ADVERTISED_LISTENERS"] == "SASL_PLAINTEXT://kafka:9092"
     factors = {key: value for key, value in environment.items() if key.endswith("REPLICATION_FACTOR")}
     assert factors
     assert set(factors.values()) == {"1"}
     assert _environment(_service("api"))["KAFKA_URI"] == "kafka:9092"
 
 
-def test_redis_runs_append_only() -> None:
+def test_kafka_authenticates_every_client_and_authorizes_by_acl() -> None:
+    kafka = _environment(_service("kafka"))
+    app = _environment(_service("api"))
+    assert "PLAINTEXT://" not in kafka["KAFKA_LISTENERS"].replace("SASL_PLAINTEXT://", "")
+    assert "CONTROLLER://localhost:" in kafka["KAFKA_LISTENERS"], (
+        "the controller listener stays in the container"
+    )
+    assert kafka["KAFKA_SASL_ENABLED_MECHANISMS"] == app["KAFKA_SASL_MECHANISM"]
+    assert app["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+    assert kafka["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert _service("kafka")["depends_on"] == {
+        "kafka-format": {"condition": "service_completed_successfully"}
+    }
+    # Each principal has a SCRAM user; the topics one-shot grants the ACLs to ours and the order service's.
+    script = _service("kafka-format")["command"][-1]
+    users = set(re.findall(r"name=(\w+),password=", script))
+    topics = _argv(_service("topics")["command"])
+    service, order_service = topics[topics.index("--grant") + 1 :][:2]
+    assert service == app["KAFKA_SASL_USERNAME"]
+    assert users == {"admin", service, order_service}
+
+
+def test_redis_runs_append_only_and_asks_for_a_password() -> None:
     argv = _argv(_service("redis")["command"])
-    assert argv[argv.index("--appendonly") + 1] == "yes"
+    server = shlex.split(argv[-1]) if argv[0] == "sh" else argv
+    assert server[server.index("--appendonly") + 1] == "yes"
+    assert server[server.index("--requirepass") + 1] == "$$REDIS_PASSWORD"
+    assert "REDISCLI_AUTH" in " ".join(_argv(_service("redis")["healthcheck"]["test"]))
+
+
+def test_mongodb_has_a_root_user_and_creates_the_services_own() -> None:
+    mongo = _service("mongo")
+    environment = _environment(mongo)
+    assert environment["MONGO_INITDB_ROOT_PASSWORD"].startswith("${MONGO_ROOT_PASSWORD:?")
+    init = next(str(v).split(":")[0] for v in mongo["volumes"] if "docker-entrypoint-initdb.d" in str(v))
+    script = (ROOT / init).read_text(encoding="utf-8")
+    assert 'role: "readWrite", db: "payments"' in script
+    assert environment["PAYMENTS_DB_PASSWORD"] == "${MONGO_PASSWORD:?set MONGO_PASSWORD}"
 
 
 @pytest.mark.parametrize(
@@ -653,7 +727,9 @@ def docker_compose(tmp_path: Path) -> list[str]:
 
 
 def _compose_environment(secrets: Mapping[str, str]) -> dict[str, str]:
-    environment = {key: value for key, value in os.environ.items() if key not in NAMED_SECRETS}
+    environment = {
+        key: value for key, value in os.environ.items() if key not in NAMED_SECRETS | SERVER_SECRETS
+    }
     environment.update(secrets)
     return environment
 

@@ -110,13 +110,15 @@ def _env_file_values(path: Path) -> dict[str, str]:
 
 def _repository_secrets() -> dict[str, set[str]]:
     """Every secret value the repository holds, by variable: .env.example and the suite's environment."""
+    from devstack import servers
     from tests.conftest import TEST_ENV
 
     found: dict[str, set[str]] = {}
-    for source in (_env_file_values(ROOT / ".env.example"), TEST_ENV):
+    for source in (_env_file_values(ROOT / ".env.example"), TEST_ENV, servers.secure_env(force=True)):
         for variable in _secret_variables():
             if source.get(variable):
                 found.setdefault(variable, set()).add(source[variable])
+    found.setdefault("KAFKA_SASL_PASSWORD", set()).update(servers.KAFKA_USERS.values())
     return found
 
 
@@ -140,7 +142,7 @@ def test_production_loads_with_secrets_of_its_own(monkeypatch: pytest.MonkeyPatc
 
 def test_every_secret_the_repository_holds_is_a_known_development_secret() -> None:
     held = _repository_secrets()
-    assert {"JWT_SEC", "CARD_FINGERPRINT_KEY", "FLOWER_PASSWORD"} <= set(held)
+    assert {"JWT_SEC", "CARD_FINGERPRINT_KEY", "FLOWER_PASSWORD", "KAFKA_SASL_PASSWORD"} <= set(held)
     for variable, values in held.items():
         assert values <= DEVELOPMENT_SECRETS, f"{variable}: {values - DEVELOPMENT_SECRETS} is not refused"
 

@@ -74,7 +74,7 @@ class RefundBridge:
         self.settings = settings
         self.celery = celery
         self.consumer = consumer or KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **settings.kafka_client_options,
             group_id=settings.topic(settings.bridge_group_id),
             enable_auto_commit=False,
             # The old service read its topics from the beginning; so do we

@@ -1,8 +1,16 @@
 """gunicorn settings of the API (``--config python:web.gunicorn_conf``)."""
 
+import os
+import tempfile
+from typing import Any
+
 from shared.settings import load_settings
 
 _settings = load_settings()  # fails fast, naming the bad variable, before any worker forks
+
+# Metrics (web.metrics): every run counts from zero in a directory of its own,
+# set before any worker imports prometheus_client; the master serves the sum.
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="payment-api-metrics-")
 
 bind = f"0.0.0.0:{_settings.port}"
 workers = _settings.web_workers
@@ -14,3 +22,16 @@ graceful_timeout = 30
 accesslog = "-"
 # Each worker builds its own app (and database connection) after the fork.
 preload_app = False
+
+
+def when_ready(_server: Any) -> None:
+    from web.metrics import serve_multiprocess
+
+    if _settings.api_metrics_port:
+        serve_multiprocess(_settings.api_metrics_port, _settings.metrics_address)
+
+
+def child_exit(_server: Any, worker: Any) -> None:
+    from web.metrics import worker_exited
+
+    worker_exited(worker.pid)

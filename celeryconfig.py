@@ -57,6 +57,8 @@ task_send_sent_event = True
 beat_schedule = {
     "publish-accepted-events": {"task": "outbox.publish_accepted", "schedule": 5.0},
     "requeue-stale-jobs": {"task": "jobs.requeue_stale", "schedule": 60.0},
+    # Backstop of the jobs' TTL index (a server without a TTL monitor).
+    "purge-expired-jobs": {"task": "jobs.purge_expired", "schedule": 3600.0},
 }
 
 worker_hijack_root_logger = False

@@ -1,6 +1,7 @@
 """gunicorn settings of the API (``--config python:web.gunicorn_conf``)."""
 
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -10,7 +11,8 @@ _settings = load_settings()  # fails fast, naming the bad variable, before any w
 
 # Metrics (web.metrics): every run counts from zero in a directory of its own,
 # set before any worker imports prometheus_client; the master serves the sum.
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="payment-api-metrics-")
+_metrics_dir = tempfile.mkdtemp(prefix="payment-api-metrics-")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
 bind = f"0.0.0.0:{_settings.port}"
 workers = _settings.web_workers
@@ -35,3 +37,7 @@ def child_exit(_server: Any, worker: Any) -> None:
     from web.metrics import worker_exited
 
     worker_exited(worker.pid)
+
+
+def on_exit(_server: Any) -> None:
+    shutil.rmtree(_metrics_dir, ignore_errors=True)

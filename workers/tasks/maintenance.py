@@ -29,3 +29,14 @@ def requeue_stale(self: PaymentTask, older_than_seconds: float = STALE_AFTER_SEC
     if sent < budget:
         sent += inbox.requeue_stale(self.app, older_than, limit=budget - sent)
     return sent
+
+
+#: Ended jobs deleted per run of ``jobs.purge_expired`` (hourly): a backstop
+#: for servers without a TTL monitor, so bounded like the stale sweep.
+PURGE_BATCH = 5000
+
+
+@shared_task(name="jobs.purge_expired", max_retries=0)
+def purge_expired(limit: int = PURGE_BATCH) -> int:
+    """Delete ended jobs past their expiry (JOB_RETENTION_DAYS); payments, ledger and cards stay."""
+    return jobs.purge_expired(limit)

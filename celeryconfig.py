@@ -66,6 +66,8 @@ beat_schedule = {
     "requeue-unstarted-jobs": {"task": "jobs.requeue_unstarted", "schedule": 20.0},
     # Reads only; its discrepancies go to the logs as errors.
     "reconcile-daily": {"task": "maintenance.reconcile", "schedule": crontab(hour=3, minute=17)},
+    # Backstop of the jobs' TTL index (a server without a TTL monitor).
+    "purge-expired-jobs": {"task": "jobs.purge_expired", "schedule": 3600.0},
 }
 
 worker_hijack_root_logger = False

@@ -21,6 +21,13 @@ def run_env(run: str) -> dict[str, str]:
         "CELERY_KEY_PREFIX": f"{run}:",
         "KAFKA_TOPIC_PREFIX": f"{run}.",
         "LOG_LEVEL": "WARNING",
+        # The benchmarks measure charges and refunds, not the per-user limits.
+        "RATE_LIMIT_WRITES": "100000/minute",
+        "RATE_LIMIT_READS": "1000000/minute",
+        "OPEN_JOBS_PER_USER": "10000",
+        # No metrics servers: they would compete with `make dev`'s for the ports.
+        "API_METRICS_PORT": "0",
+        "BRIDGE_METRICS_PORT": "0",
     }
 
 

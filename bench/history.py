@@ -32,6 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -182,7 +183,11 @@ class Bench:
         )
         job.save(force_insert=True)
         t0 = time.perf_counter()
-        jobs.run(str(job.id), lambda j: payments.charge(self.settings, j))
+        jobs.run(
+            str(job.id),
+            lambda j: payments.charge(self.settings, j),
+            retention=timedelta(days=self.settings.job_retention_days),
+        )
         elapsed = time.perf_counter() - t0
         job.reload()
         if job.status != "succeeded":

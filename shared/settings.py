@@ -256,6 +256,25 @@ class Settings(BaseSettings):
         validation_alias="STALE_SWEEP_BATCH",
         description="Most jobs plus refund events the stale-job sweep sends again per run.",
     )
+    metrics_address: str = Field(
+        "127.0.0.1",
+        validation_alias="METRICS_ADDRESS",
+        description="Address the API's and the bridge's Prometheus metrics listen on.",
+    )
+    api_metrics_port: int = Field(
+        9101,
+        ge=0,
+        le=65535,
+        validation_alias="API_METRICS_PORT",
+        description="Port of the API's metrics, served by the gunicorn master (not the API port); 0: off.",
+    )
+    bridge_metrics_port: int = Field(
+        9102,
+        ge=0,
+        le=65535,
+        validation_alias="BRIDGE_METRICS_PORT",
+        description="Port of the refund bridge's metrics; 0: off.",
+    )
     find_tokenless_networks: Annotated[list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode] = Field(
         default_factory=list,
         validation_alias="FIND_TOKENLESS_NETWORKS",

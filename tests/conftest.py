@@ -56,6 +56,10 @@ TEST_ENV = {
     "RATE_LIMIT_WRITES": "100000/minute",
     "RATE_LIMIT_READS": "1000000/minute",
     "OPEN_JOBS_PER_USER": "10000",
+    # Metrics servers off: many processes of many runs share loopback; the
+    # metrics tests give theirs free ports.
+    "API_METRICS_PORT": "0",
+    "BRIDGE_METRICS_PORT": "0",
 }
 os.environ.update(TEST_ENV)
 

@@ -39,6 +39,8 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 BACKING_SERVICES = ("mongo", "kafka-format", "kafka", "redis")
 EDGE_SERVICES = ("proxy",)
 APP_SERVICES = ("topics", "api", "worker", "beat", "bridge", "flower")
+MONITORING_SERVICES = ("prometheus",)
+PROMETHEUS_CONFIG = ROOT / "prometheus.yml"
 SCALABLE_SERVICES = ("worker", "bridge")
 NAMED_SECRETS = {"JWT_SEC", "CARD_FINGERPRINT_KEY", "FLOWER_PASSWORD", "KAFKA_SASL_PASSWORD"}
 #: Secrets of the servers that are not settings of ours (passwords in URLs, other principals).
@@ -56,7 +58,7 @@ ADMIN_OVERRIDES = {
         "KAFKA_SASL_PASSWORD": "${KAFKA_ADMIN_PASSWORD:?set KAFKA_ADMIN_PASSWORD}",
     }
 }
-HEALTHCHECKED_SERVICES = ("mongo", "kafka", "redis", "proxy", "api", "worker", "flower")
+HEALTHCHECKED_SERVICES = ("mongo", "kafka", "redis", "proxy", "api", "worker", "flower", "prometheus")
 NGINX_TEMPLATE = ROOT / "devstack" / "nginx" / "payment.conf.template"
 
 #: Stand-ins for the secrets the host provides, long enough to pass validation.
@@ -354,7 +356,7 @@ def stack() -> None:
 
 def test_the_compose_file_parses_and_defines_every_service() -> None:
     services = _load_compose()["services"]
-    assert set(services) == {*BACKING_SERVICES, *EDGE_SERVICES, *APP_SERVICES}
+    assert set(services) == {*BACKING_SERVICES, *EDGE_SERVICES, *APP_SERVICES, *MONITORING_SERVICES}
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
@@ -596,6 +598,40 @@ def test_flower_is_published_and_checked_on_its_configured_port() -> None:
     )
     assert [container for _, container in _ports(flower)] == [port]
     assert f"http://127.0.0.1:{port}/healthcheck" in " ".join(_healthcheck_argv(flower))
+
+
+def _scrape_targets() -> dict[str, set[str]]:
+    """job name -> the host:port targets prometheus.yml scrapes (static or by DNS name)."""
+    with PROMETHEUS_CONFIG.open(encoding="utf-8") as handle:
+        config = yaml.safe_load(handle)
+    targets: dict[str, set[str]] = {}
+    for job in config["scrape_configs"]:
+        found = targets.setdefault(job["job_name"], set())
+        for static in job.get("static_configs", []):
+            found.update(static["targets"])
+        for dns in job.get("dns_sd_configs", []):
+            found.update(f"{name}:{dns['port']}" for name in dns["names"])
+    return targets
+
+
+def test_prometheus_scrapes_the_api_flower_and_every_bridge_on_their_configured_ports() -> None:
+    environment = _environment(_service("api"))
+    assert _scrape_targets() == {
+        "api": {f"api:{environment['API_METRICS_PORT']}"},
+        "workers": {f"flower:{environment['FLOWER_PORT']}"},
+        "bridge": {f"bridge:{environment['BRIDGE_METRICS_PORT']}"},
+    }
+    prometheus = _service("prometheus")
+    assert "./prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    assert all(host.startswith("127.0.0.1:") for host in prometheus["ports"])
+
+
+def test_the_metrics_ports_are_reachable_on_the_compose_network_but_never_published() -> None:
+    environment = _environment(_service("api"))
+    assert ipaddress.ip_address(environment["METRICS_ADDRESS"]).is_unspecified
+    metrics_ports = {environment["API_METRICS_PORT"], environment["BRIDGE_METRICS_PORT"]}
+    for name in APP_SERVICES:
+        assert not metrics_ports & {container for _, container in _ports(_service(name))}, name
 
 
 def test_the_worker_healthcheck_pings_its_own_node_through_a_shell() -> None:

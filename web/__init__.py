@@ -19,6 +19,7 @@ from shared.settings import Settings, load_settings
 from web import api, health, openapi
 from web.auth import init_auth
 from web.limits import init_limits
+from web.metrics import init_metrics
 from web.problems import register_error_handlers
 
 
@@ -96,7 +97,8 @@ def create_app(settings: Settings | None = None, celery: Any = None) -> Flask:
     register_error_handlers(app)
     init_auth(app, settings)
     _log_requests(app)
-    # After the request log's hooks: a refused request is logged too.
+    init_metrics(app)
+    # After the request log's and the metrics' hooks: a refused request is logged and counted too.
     init_limits(app, settings)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)

@@ -1,7 +1,9 @@
 """Flower, the operators' view of the workers: ``python -m workers.flower``.
 
 Runs Flower against the service's Celery app with basic auth from the
-settings (FLOWER_USER / FLOWER_PASSWORD) on FLOWER_PORT.
+settings (FLOWER_USER / FLOWER_PASSWORD) on FLOWER_PORT.  Its ``/metrics``
+(Prometheus, no auth, like ``/healthcheck``) carries Flower's task metrics
+and the queue depth of ``workers.metrics``.
 """
 
 from __future__ import annotations
@@ -20,9 +22,14 @@ def main() -> int:
     if settings.flower_password is None:
         print("FLOWER_PASSWORD is not set; refusing to start Flower without auth", file=sys.stderr)
         return 2
+    from prometheus_client import REGISTRY
+
     from workers.app import create_celery
+    from workers.metrics import QueueDepth
 
     app = create_celery(settings)
+    # Flower's /metrics serves the default registry: queue depth joins its task metrics.
+    REGISTRY.register(QueueDepth(settings))
     password = settings.flower_password.get_secret_value()
     app.start(
         [

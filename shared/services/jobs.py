@@ -295,3 +295,20 @@ def requeue_unstarted(sender: TaskSender, older_than: timedelta, limit: int = 10
         log.warning("requeued unstarted job %s (%s)", job.id, job.type)
         count += 1
     return count
+
+
+def purge_expired(limit: int) -> int:
+    """Delete at most ``limit`` ended jobs whose ``expiresAt`` has passed; return how many.
+
+    MongoDB's TTL monitor does this by itself (the TTL index on ``expiresAt``);
+    the MongoDB-protocol server of the local stack keeps the index but never
+    removes anything, so this sweep makes expiry hold on both.  Only ended
+    jobs carry ``expiresAt``; a job reopened meanwhile has lost it.
+    """
+    now = utcnow()
+    ended = [JobStatus.SUCCEEDED, JobStatus.FAILED]
+    expired = [job.id for job in Job.objects(expiresAt__lt=now, status__in=ended).only("id").limit(limit)]
+    if not expired:
+        return 0
+    deleted: int = Job.objects(id__in=expired, expiresAt__lt=now, status__in=ended).delete()
+    return deleted

@@ -25,8 +25,10 @@ import requests
 from bson import ObjectId
 from pymongo.database import Database
 
+from shared import db
 from shared.errors import ServiceUnavailable
 from shared.models import Job, Payment, PaymentState
+from shared.models.base import utcnow
 from shared.services import jobs, payments
 from shared.settings import ConfigurationError, Settings, load_settings
 from tests.conftest import RUN_ID, TEST_ENV, make_settings
@@ -319,6 +321,38 @@ def test_the_retention_is_the_setting_and_a_reopened_charge_no_longer_expires() 
     job.reload()
     assert job.status == "queued"
     assert job.expiresAt is None
+
+
+def test_expired_ended_jobs_are_purged_and_open_or_unexpired_jobs_and_payments_stay(
+    settings: Settings, celery_app: Any, celery_worker: Any
+) -> None:
+    # The local stack's MongoDB-protocol server keeps TTL indexes but never
+    # removes anything itself: the hourly purge does (MongoDB's monitor too).
+    db.connect(settings)
+    owner = str(ObjectId())
+    past, future = utcnow() - timedelta(seconds=5), utcnow() + timedelta(days=1)
+    expired = [
+        Job(type="payment.pay", ownerId=owner, status="succeeded", expiresAt=past).save() for _ in range(3)
+    ]
+    kept = [
+        Job(type="payment.pay", ownerId=owner, status="failed", expiresAt=future).save(),
+        Job(type="payment.pay", ownerId=owner, status="queued").save(),
+    ]
+    payment = Payment(
+        userId=owner,
+        checkoutId=str(ObjectId()),
+        creditCardId=str(ObjectId()),
+        totalPrice=Decimal("1.00"),
+        cardHolderName="Ada Lovelace",
+        cardNumber="************4242",
+        expireDate="12/39",
+        jobId=str(expired[0].id),
+    ).save()
+    assert jobs.purge_expired(limit=2) == 2
+    celery_app.send_task("jobs.purge_expired", ignore_result=False).get(timeout=30)
+    remaining = {str(job.id) for job in Job.objects(ownerId=owner)}
+    assert remaining == {str(job.id) for job in kept}
+    assert Payment.objects(id=payment.id).count() == 1
 
 
 @pytest.mark.parametrize(

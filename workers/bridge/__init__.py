@@ -25,6 +25,7 @@ from shared import events
 from shared.logs import log_context
 from shared.services import inbox
 from shared.settings import Settings
+from workers.bridge import metrics
 from workers.bridge.messages import (
     BadMessage,
     OrderRefunded,
@@ -142,6 +143,7 @@ class RefundBridge:
         # inapplicable can dead-letter it byte for byte.
         raw = scrub_card_numbers(record.value).decode("utf-8", errors="replace")
         inbox.hand_over(self.celery, eid, task, {"event_id": eid, **kwargs, "raw": raw})
+        metrics.HANDED_OVER.labels(record.topic, "handed_over").inc()
         log.info("refund event handed over", extra={"fields": {"event_id": eid, "task": task}})
 
     def handle(self, record: ConsumerRecord) -> None:
@@ -162,6 +164,8 @@ class RefundBridge:
                             problem.reason,
                             problem.detail,
                         )
+                        metrics.DEAD_LETTERS.labels(problem.reason).inc()
+                        metrics.HANDED_OVER.labels(record.topic, "dead_lettered").inc()
                 return
             except Exception:
                 if self.stopping.is_set():
@@ -178,6 +182,7 @@ class RefundBridge:
         try:
             while not self.stopping.is_set():
                 self._process(self.consumer.poll(timeout_ms=500))
+                metrics.record_lag(self.consumer)
         finally:
             self.consumer.close(autocommit=False)
             if self._admin is not None:

@@ -24,9 +24,11 @@ def main() -> int:
     configure_logging(settings.log_level)
     from shared import db
     from workers.app import create_celery
-    from workers.bridge import RefundBridge
+    from workers.bridge import RefundBridge, metrics
 
     db.connect(settings)  # the refund inbox
+    if settings.bridge_metrics_port:
+        metrics.serve(settings.bridge_metrics_port, settings.metrics_address)
     bridge = RefundBridge(settings, create_celery(settings), stopping=stopping)
     bridge.run()
     return 0

@@ -51,3 +51,14 @@ def reconcile_money(grace_seconds: float = reconcile.DEFAULT_GRACE_SECONDS) -> d
     )
     log.info("reconcile: %s", summary.as_dict())
     return summary.as_dict()
+
+
+#: Ended jobs deleted per run of ``jobs.purge_expired`` (hourly): a backstop
+#: for servers without a TTL monitor, so bounded like the stale sweep.
+PURGE_BATCH = 5000
+
+
+@shared_task(name="jobs.purge_expired", max_retries=0)
+def purge_expired(limit: int = PURGE_BATCH) -> int:
+    """Delete ended jobs past their expiry (JOB_RETENTION_DAYS); payments, ledger and cards stay."""
+    return jobs.purge_expired(limit)

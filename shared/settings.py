@@ -163,7 +163,7 @@ class Settings(BaseSettings):
         ge=5,
         le=600,
         validation_alias="JOB_UNSTARTED_REQUEUE_SECONDS",
-        description="A job no worker started after this many seconds is sent again (its message was lost).",
+        description="A job sent before a broker restart, unstarted this many seconds, is sent again.",
     )
     checkout_service_url: HttpUrl = Field(
         HttpUrl("http://127.0.0.1:8090"),

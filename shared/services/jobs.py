@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from bson import ObjectId
@@ -272,17 +272,25 @@ def requeue_stale(
     return len(stale)
 
 
-def requeue_unstarted(sender: TaskSender, older_than: timedelta, limit: int = 1000) -> int:
-    """Send again the tasks of jobs still ``queued`` after ``older_than``; return how many.
+def requeue_unstarted(
+    sender: TaskSender, older_than: timedelta, broker_started_at: datetime | None, limit: int = 1000
+) -> int:
+    """Send again the tasks of jobs a broker restart may have lost; return how many.
 
-    A job no worker has started within that time most likely lost its task
-    message: a broker that crashes loses its last second of writes (Redis'
-    append-only file is synced every second), after the web had answered
-    202.  Sending it again is safe (every job task is idempotent; a job that
-    has ended ignores its message); a job merely waiting in a long queue gets
-    one more message, at most once per ``older_than``, as ``updatedAt`` moves.
+    A broker that crashes loses its last second of writes (Redis' append-only
+    file is synced every second), possibly a task the web had answered 202
+    for.  So a job still ``queued`` after ``older_than`` that was sent before
+    the broker (re)started (``broker_started_at``) is sent again: safe, since
+    every job task is idempotent and a job that has ended ignores its message.
+    A job merely waiting in a long queue of a broker that has not restarted
+    is left alone (sending it again would only lengthen the queue).  When the
+    broker's start time is unknown (``None``), every job queued longer than
+    ``older_than`` is sent again.  Each send moves ``updatedAt``, so a job is
+    sent again only after a later restart.
     """
     cutoff = utcnow() - older_than
+    if broker_started_at is not None:
+        cutoff = min(cutoff, broker_started_at)
     unstarted = Job.objects(status=JobStatus.QUEUED, updatedAt__lt=cutoff).only("id", "type").limit(limit)
     count = 0
     for job in unstarted:

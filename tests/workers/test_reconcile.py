@@ -461,3 +461,19 @@ def test_memory_does_not_grow_with_the_data(private_db: Database[dict[str, Any]]
     # 100, one card or payment at a time.  Reading the cards and the ledger into lists makes
     # it 0.8 MB and 4.7 MB.
     assert large < small * 3, (small, large)
+
+
+def test_beat_runs_the_same_check_daily_as_a_maintenance_task(
+    private_db: Database[dict[str, Any]], world: World
+) -> None:
+    import celeryconfig
+    from workers.tasks.maintenance import reconcile_money
+
+    schedule = {entry["task"] for entry in celeryconfig.beat_schedule.values()}
+    assert {"maintenance.reconcile", "jobs.requeue_unstarted"} <= schedule
+    assert celeryconfig.task_routes["maintenance.*"] == {"queue": "maintenance"}
+    assert reconcile_money.name == "maintenance.reconcile"
+    _debit_entry_lost(private_db, world)
+    summary = reconcile_money.run(grace_seconds=0)
+    assert summary["byKind"] == {"balance_mismatch": 1, "charged_without_debit": 1}
+    assert summary["payments"] == 3

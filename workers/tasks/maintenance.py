@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from celery import shared_task
+from celery import Celery, shared_task
 
 from shared import db
+from shared.models.base import utcnow
 from shared.services import inbox, jobs, payments, reconcile
 from workers.app import PaymentTask
 
@@ -38,9 +39,23 @@ def requeue_stale(self: PaymentTask, older_than_seconds: float = STALE_AFTER_SEC
 
 @shared_task(bind=True, name="jobs.requeue_unstarted", max_retries=0)
 def requeue_unstarted(self: PaymentTask) -> int:
-    """Run by beat every 20 s: jobs no worker started (their message lost with the broker's last writes)."""
+    """Run by beat every 20 s: jobs no worker started, whose message a broker restart may have lost."""
     older_than = timedelta(seconds=self.settings.job_unstarted_requeue_seconds)
-    return jobs.requeue_unstarted(self.app, older_than, limit=self.settings.stale_sweep_batch)
+    return jobs.requeue_unstarted(
+        self.app, older_than, _broker_started_at(self.app), limit=self.settings.stale_sweep_batch
+    )
+
+
+def _broker_started_at(app: Celery) -> datetime | None:
+    """When the Redis broker last started (INFO uptime), with a margin; None if it does not say."""
+    try:
+        with app.connection_for_read() as conn:
+            uptime = int(conn.default_channel.client.info("server")["uptime_in_seconds"])
+    except Exception:  # noqa: BLE001 - INFO may be disabled on a managed Redis: fall back to age alone
+        log.warning("broker start time unknown; unstarted jobs are sent again by age alone")
+        return None
+    # uptime is whole seconds: a job sent in the second before the restart counts as before it.
+    return utcnow() - timedelta(seconds=uptime) + timedelta(seconds=2)
 
 
 @shared_task(name="maintenance.reconcile", max_retries=0, time_limit=3600, soft_time_limit=3500)

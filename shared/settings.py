@@ -247,7 +247,7 @@ class Settings(BaseSettings):
         ge=2,
         le=3650,
         validation_alias="JOB_RETENTION_DAYS",
-        description="Days an ended job is kept before MongoDB's TTL index removes it.",
+        description="Days an ended job is kept before its TTL index (or the hourly purge) removes it.",
     )
     stale_sweep_batch: int = Field(
         200,

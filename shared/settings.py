@@ -158,6 +158,20 @@ class Settings(BaseSettings):
         validation_alias="CELERY_VISIBILITY_TIMEOUT",
         description="Seconds after which Redis redelivers a task a dead worker had taken.",
     )
+    task_max_retries: int = Field(
+        8,
+        ge=0,
+        le=100,
+        validation_alias="TASK_MAX_RETRIES",
+        description="Retries of a job or refund task after a transient failure, before it ends failed.",
+    )
+    task_retry_backoff_max_seconds: int = Field(
+        60,
+        ge=1,
+        le=3600,
+        validation_alias="TASK_RETRY_BACKOFF_MAX_SECONDS",
+        description="Cap of the exponential backoff (full jitter) between a task's retries.",
+    )
     job_unstarted_requeue_seconds: float = Field(
         45.0,
         ge=5,
@@ -327,7 +341,10 @@ class Settings(BaseSettings):
     failpoints: Annotated[frozenset[str], NoDecode] = Field(
         default_factory=frozenset,
         validation_alias="PAYMENT_FAILPOINTS",
-        description="Test only: named points where a worker kills itself on a job's first attempt.",
+        description=(
+            "Test only: named points where a worker kills itself (NAME) or stalls (stall:NAME) on a job's"
+            " first attempt, or fails as if the database were away until its retries ran out (fail:NAME)."
+        ),
     )
 
     @field_validator("kafka_bootstrap", "find_tokenless_networks", "failpoints", mode="before")

@@ -46,16 +46,20 @@ class PaymentTask(Task):
     """
 
     abstract = True
-    # Transient failures are retried with exponential backoff and jitter.
-    retry_backoff = True
-    retry_backoff_max = 60
-    retry_jitter = True
-    max_retries = 8
 
     @property
     def settings(self) -> Settings:
         app: PaymentCelery = self.app
         return app.settings
+
+    # Transient failures are retried by run_job and run_event with the
+    # backoff of _backoff (exponential, capped, full jitter); Celery's own
+    # autoretry options are not used.  A task that sets max_retries itself
+    # (the beat tasks: 0) overrides this.
+    @property
+    def max_retries(self) -> int:
+        """TASK_MAX_RETRIES."""
+        return self.settings.task_max_retries
 
     @property
     def job_retention(self) -> timedelta:
@@ -92,7 +96,10 @@ class PaymentTask(Task):
         """Seconds before the next retry: exponential, capped, with full jitter."""
         return int(
             get_exponential_backoff_interval(
-                factor=1, retries=self.request.retries, maximum=self.retry_backoff_max, full_jitter=True
+                factor=1,
+                retries=self.request.retries,
+                maximum=self.settings.task_retry_backoff_max_seconds,
+                full_jitter=True,
             )
         )
 

@@ -170,9 +170,11 @@ _worlds = itertools.count()
 class World:
     """An API and a worker of their own, on a private broker prefix."""
 
-    def __init__(self, failpoints: str = "", checkout_url: str | None = None) -> None:
+    def __init__(
+        self, failpoints: str = "", checkout_url: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.prefix = f"{RUN_ID}fault{next(_worlds)}:"
-        env = {"CELERY_KEY_PREFIX": self.prefix, "PAYMENT_FAILPOINTS": failpoints}
+        env = {"CELERY_KEY_PREFIX": self.prefix, "PAYMENT_FAILPOINTS": failpoints, **(env or {})}
         if checkout_url:
             env["CHECKOUT_SERVICE_URL"] = checkout_url
         self.env = env

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from bson import ObjectId
 
-from shared.errors import ServiceUnavailable
 from shared.models import Card, Job, LedgerEntry, Payment, PaymentState, RefundEvent
 from shared.services import inbox, jobs
-from tests.conftest import stop_worker
 from tests.support import wait_until
 from tests.web.conftest import Client
 
@@ -48,20 +44,22 @@ def test_a_job_stored_but_never_sent_is_sent_again_and_runs(client: Client, cele
 def test_a_charge_that_ran_out_of_retries_after_its_debit_is_resumed_and_debits_once(
     world_factory: Callable[..., Any], seed_checkout: Callable[..., dict[str, Any]]
 ) -> None:
-    world = world_factory(failpoints="stall:charge.after_debit")
+    # Right after its debit, every attempt of the charge fails as if the
+    # database were away, until its retries run out for real (2, a second apart).
+    world = world_factory(
+        failpoints="fail:charge.after_debit",
+        env={"TASK_MAX_RETRIES": "2", "TASK_RETRY_BACKOFF_MAX_SECONDS": "1"},
+    )
     client = Client(world.api.url)
     card = client.add_card(money=1000)  # room for a second debit, were the marker lost
     checkout = seed_checkout(client.user_id, total="59.97")
-    job_id = client.pay(checkout["_id"], card["id"]).json()["id"]
-    wait_until(lambda: Card.objects.get(id=card["id"]).inflight, timeout=60, message="debit applied")
-    # The worker is lost, and the job was ended as its retries ran out.
-    stop_worker(world.worker, signal.SIGKILL)
-    Job.objects(id=job_id).update_one(set__status="running")
-    jobs.fail(job_id, ServiceUnavailable("the database did not answer"), retention=timedelta(days=30))
+    job = client.wait(client.pay(checkout["_id"], card["id"]), timeout=90)
+    assert (job["status"], job["attempts"], job["error"]["code"]) == ("failed", 3, "service_unavailable")
+    # The money is gone and the charge is half-done: pending, not failed.
     assert Payment.objects.get(checkoutId=checkout["_id"]).state == PaymentState.PENDING
-    world.worker = world.start_worker("fault-c")
+    assert Card.objects.get(id=card["id"]).money == Decimal("940.03")
     world.celery.send_task("jobs.requeue_stale", kwargs={"older_than_seconds": 0})
-    wait_until(lambda: Job.objects.get(id=job_id).status == "succeeded", timeout=90, message="resumed")
+    wait_until(lambda: Job.objects.get(id=job["id"]).status == "succeeded", timeout=90, message="resumed")
     payment = Payment.objects.get(checkoutId=checkout["_id"])
     assert payment.state == PaymentState.CHARGED
     stored = Card.objects.get(id=card["id"])

@@ -115,7 +115,7 @@ def _repository_secrets() -> dict[str, set[str]]:
 
     found: dict[str, set[str]] = {}
     for source in (_env_file_values(ROOT / ".env.example"), TEST_ENV, servers.secure_env(force=True)):
-        for variable in _secret_variables():
+        for variable in sorted(_secret_variables()):
             if source.get(variable):
                 found.setdefault(variable, set()).add(source[variable])
     found.setdefault("KAFKA_SASL_PASSWORD", set()).update(servers.KAFKA_USERS.values())

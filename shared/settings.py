@@ -12,6 +12,7 @@ import ipaddress
 import os
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from limits import parse_many
 from pydantic import (
@@ -50,6 +51,7 @@ DEVELOPMENT_SECRETS = frozenset(
         "dev-kafka-admin-password",
         "dev-kafka-payments-password",
         "dev-kafka-orders-password",
+        "dev-redis-password",
     }
 )
 #: A secret with one of these in it was never meant to be one.
@@ -449,6 +451,11 @@ class Settings(BaseSettings):
             value = secret.get_secret_value() if secret is not None else ""
             if value in DEVELOPMENT_SECRETS or any(m in value.lower() for m in _PLACEHOLDER_MARKERS):
                 raise ValueError(f"{variable} is a development secret; production needs its own")
+        # Passwords in the servers' URLs (the secure dev stack's Redis has one).
+        for variable, url in (("CELERY_BROKER_URL", self.broker_url), ("MONGO_URL", self.mongo_url)):
+            password = urlsplit(url).password or ""
+            if password in DEVELOPMENT_SECRETS or any(m in password.lower() for m in _PLACEHOLDER_MARKERS):
+                raise ValueError(f"{variable} has a development password; production needs its own")
         for network in self.find_tokenless_networks:
             if _too_wide(network):
                 minimum = MIN_TOKENLESS_PREFIX[network.version]

@@ -115,7 +115,7 @@ def _repository_secrets() -> dict[str, set[str]]:
 
     found: dict[str, set[str]] = {}
     for source in (_env_file_values(ROOT / ".env.example"), TEST_ENV, servers.secure_env(force=True)):
-        for variable in _secret_variables():
+        for variable in sorted(_secret_variables()):
             if source.get(variable):
                 found.setdefault(variable, set()).add(source[variable])
     found.setdefault("KAFKA_SASL_PASSWORD", set()).update(servers.KAFKA_USERS.values())
@@ -158,6 +158,27 @@ def test_production_refuses_a_development_secret_naming_the_variable(
     _production(monkeypatch, **{variable: value})
     with pytest.raises(ConfigurationError, match=f"{variable} is a development secret"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("CELERY_BROKER_URL", "redis://:dev-redis-password@redis:6379/0"),
+        ("MONGO_URL", "mongodb://payments:dev-only-password@mongo:27017/payments"),
+    ],
+)
+def test_production_refuses_a_development_password_in_a_server_url(
+    monkeypatch: pytest.MonkeyPatch, variable: str, url: str
+) -> None:
+    _production(monkeypatch, **{variable: url})
+    with pytest.raises(ConfigurationError, match=f"{variable} has a development password"):
+        load_settings()
+
+
+def test_the_secure_dev_stacks_redis_password_is_a_known_development_secret() -> None:
+    from devstack import servers
+
+    assert servers.REDIS_PASSWORD in DEVELOPMENT_SECRETS
 
 
 def test_development_accepts_the_development_secrets(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -149,7 +149,11 @@ def test_every_secret_the_repository_holds_is_a_known_development_secret() -> No
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [(variable, value) for variable, values in sorted(_repository_secrets().items()) for value in sorted(values)]
+    [
+        (variable, value)
+        for variable, values in sorted(_repository_secrets().items())
+        for value in sorted(values)
+    ]
     + [("JWT_SEC", "please-change-me-before-going-live-0123"), ("FLOWER_PASSWORD", "dev-only")],
 )
 def test_production_refuses_a_development_secret_naming_the_variable(

@@ -510,8 +510,10 @@ def load_settings(**overrides: Any) -> Settings:
     """
     declared = overrides.get("PAYMENT_ENV", os.environ.get("PAYMENT_ENV", ""))
     production = str(declared).strip().lower() == Environment.PRODUCTION
+    # A caller may name its own file (None: none at all); production never reads one.
+    env_file = None if production else overrides.pop("_env_file", ".env")
     try:
-        settings = Settings(_env_file=None if production else ".env", **overrides)  # type: ignore[call-arg]
+        settings = Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

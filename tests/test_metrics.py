@@ -94,7 +94,8 @@ def test_the_api_workers_and_bridge_expose_metrics_that_move_with_real_traffic(
 ) -> None:
     api_port, api_metrics, flower_port, bridge_metrics = (free_port() for _ in range(4))
     api_env = {
-        "PAYMENT_SERVICE_PORT": str(api_port),
+        # gunicorn itself, without the proxy (WEB_BIND is where gunicorn listens).
+        "WEB_BIND": f"127.0.0.1:{api_port}",
         "API_METRICS_PORT": str(api_metrics),
         "WEB_CONCURRENCY": "2",
     }

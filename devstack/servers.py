@@ -400,7 +400,9 @@ def kafka_prepare(
     properties = root / "server.properties"
     properties.write_text(config)
     if not (data / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # the storage tool would read it as an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         log(f"formatting Kafka log dir {data} (cluster {cluster_id})")
         subprocess.run(
             [

@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import statistics
 import sys
 import threading
@@ -233,6 +234,8 @@ def main() -> int:
     parser.add_argument("--sizes", default="0,10000,100000", help="earlier payments on each card")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    # A stopped run (Ctrl-C, timeout) still drops its database and topics.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bench = Bench()
     report: dict[str, Any] = {"ops_per_card": args.ops}
     try:

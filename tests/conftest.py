@@ -25,7 +25,7 @@ from pymongo import MongoClient
 from devstack import servers
 from devstack.checkout_standin import create_standin
 from shared.settings import Settings
-from tests.support import ServedApp, wait_until
+from tests.support import ServedApp, stop_group, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_QUEUES = "payments,cards,refunds,maintenance"
@@ -161,13 +161,7 @@ def start_worker(
 
 
 def stop_worker(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_group(proc, timeout=30, sig=sig)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ Prometheus' text parser.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.settings import Settings
 from tests.conftest import ROOT, RUN_ID, TEST_ENV, make_settings
-from tests.support import free_port, wait_until
+from tests.support import free_port, stop_group, wait_until
 from tests.web.conftest import Client
 from tests.workers.kafka_support import kcat_produce
 from workers.app import create_celery
@@ -79,13 +78,7 @@ def process(argv: list[str], env: dict[str, str], name: str) -> Iterator[subproc
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc)
 
 
 @pytest.mark.slow

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
-import signal
 import subprocess
 import time
 import uuid
@@ -38,7 +36,7 @@ from shared.kafka import acls, ensure_topics, grant, producer
 from shared.readiness import check_kafka, check_redis
 from shared.settings import Settings
 from tests.conftest import make_settings
-from tests.support import free_port, wait_until
+from tests.support import free_port, stop_group, wait_until
 from workers.app import create_celery
 
 pytestmark = pytest.mark.slow
@@ -65,16 +63,6 @@ class SecureKafka:
             else {"KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}
         )
         return make_settings(KAFKA_URI=f"127.0.0.1:{self.port}", KAFKA_TOPIC_PREFIX=self.prefix, **sasl)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +94,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
         wait_until(lambda: _acls_on_broker(admin) >= wanted, timeout=30, interval=0.5, message="ACLs applied")
         yield found
     finally:
-        _stop(proc)
+        stop_group(proc, timeout=60)
 
 
 def _acls_on_broker(settings: Settings) -> int:

@@ -11,7 +11,6 @@ import contextlib
 import http.client
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from bson import ObjectId
 
 from devstack import servers
 from tests.conftest import ROOT, RUN_ID
-from tests.support import free_port, wait_until
+from tests.support import free_port, stop_group, wait_until
 from tests.web.conftest import API, token_for
 
 #: The one network allowed to call GET /find without a token here: a loopback
@@ -59,16 +58,6 @@ def _start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Pop
         return subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _answers(url: str) -> bool:
@@ -101,8 +90,8 @@ def _gunicorn_behind_nginx(root: Path, web_bind: str, proxy_port: int) -> Iterat
     try:
         yield
     finally:
-        _stop(nginx)
-        _stop(gunicorn)
+        stop_group(nginx)
+        stop_group(gunicorn)
 
 
 @pytest.fixture(scope="module")

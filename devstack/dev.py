@@ -132,7 +132,7 @@ def run() -> int:
             assert proc.stdout is not None
             threading.Thread(target=_pump, args=(name, proc.stdout), daemon=True).start()
         _wait_for_api(settings.port, children)
-        _banner(settings.port, settings.flower_port, settings.flower_user, time.monotonic() - t0)
+        _banner(settings, time.monotonic() - t0)
         while not stopping.is_set():
             for name, proc in children.items():
                 if proc.poll() is not None:
@@ -187,7 +187,17 @@ def _wait_for_api(port: int, children: dict[str, subprocess.Popen[bytes]]) -> No
     raise servers.StackError("the API did not answer /healthz within 60s")
 
 
-def _banner(port: int, flower_port: int, flower_user: str, seconds: float) -> None:
+def _banner(settings: Settings, seconds: float) -> None:
+    port, flower_port, flower_user = settings.port, settings.flower_port, settings.flower_user
+    metrics = [
+        f"API http://{settings.metrics_address}:{settings.api_metrics_port}/metrics"
+        if settings.api_metrics_port
+        else "",
+        f"Flower http://127.0.0.1:{flower_port}/metrics",
+        f"bridge http://{settings.metrics_address}:{settings.bridge_metrics_port}/metrics"
+        if settings.bridge_metrics_port
+        else "",
+    ]
     print(
         f"""
 ==============================================================================
@@ -195,6 +205,7 @@ def _banner(port: int, flower_port: int, flower_user: str, seconds: float) -> No
    API        http://127.0.0.1:{port}/api/payment   (health: /healthz, /readyz)
    Flower     http://127.0.0.1:{flower_port}   (user {flower_user}, password FLOWER_PASSWORD in .env)
    checkout   http://127.0.0.1:8090   (development stand-in; seed with POST /_standin/checkouts)
+   metrics    {"   ".join(m for m in metrics if m)}
    MongoDB    mongodb://127.0.0.1:{servers.MONGO_PORT}   Redis redis://127.0.0.1:{servers.REDIS_PORT}
    Kafka      127.0.0.1:{servers.KAFKA_PORT}
  a token:     TOKEN=$(.venv/bin/python -m devstack token)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -526,3 +527,12 @@ def load_settings(**overrides: Any) -> Settings:
             "production reads no .env file, set PAYMENT_ENV=production in the environment"
         )
     return settings
+
+
+def load_settings_or_exit() -> Settings:
+    """For command-line entry points: the settings, or exit 2 with each problem on stderr."""
+    try:
+        return load_settings()
+    except ConfigurationError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import sys
 
-from shared.settings import ConfigurationError, load_settings
+from shared.settings import load_settings_or_exit
 
 
 def main() -> int:
-    try:
-        settings = load_settings()
-    except ConfigurationError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    settings = load_settings_or_exit()
     if settings.flower_password is None:
         print("FLOWER_PASSWORD is not set; refusing to start Flower without auth", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ import json
 import sys
 
 from shared.logs import configure_logging
-from shared.settings import ConfigurationError, load_settings
+from shared.settings import load_settings_or_exit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,11 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batch-size", type=int, default=reconcile.DEFAULT_BATCH_SIZE)
     args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-    except ConfigurationError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    settings = load_settings_or_exit()
     configure_logging(settings.log_level)
     from shared import db
 

@@ -12,7 +12,7 @@ import sys
 
 from shared.kafka import ensure_topics, grant
 from shared.logs import configure_logging
-from shared.settings import ConfigurationError, load_settings
+from shared.settings import load_settings_or_exit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,11 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         "ORDER_SERVICE writes the refund topics (Kafka principals; run as a Kafka admin)",
     )
     args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-    except ConfigurationError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    settings = load_settings_or_exit()
     configure_logging(settings.log_level)
     created = ensure_topics(settings, args.partitions, args.replication)
     for topic in settings.all_topics:

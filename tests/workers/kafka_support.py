@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +35,53 @@ def kcat_produce(settings: Settings, topic: str, values: list[dict[str, Any]]) -
         timeout=60,
     )
     return lines
+
+
+class SteadyProducer:
+    """The order service sending while something happens to the bridge.
+
+    ``start()`` sends ``events`` in batches of ``batch`` with ``pause``
+    seconds between them, all but the last ``hold_back``, which wait until
+    ``release()`` (so that whatever happens meanwhile lands mid-stream).
+    ``stop()`` ends it: no more batches, the held-back ones sent if it is
+    still waiting, the thread joined.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        events: list[dict[str, Any]],
+        *,
+        batch: int,
+        pause: float,
+        hold_back: int,
+    ) -> None:
+        self._settings, self._topic, self._events = settings, topic, events
+        self._batch, self._pause, self._split = batch, pause, len(events) - hold_back
+        self._released, self._stopped = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._produce, daemon=True)
+
+    def _produce(self) -> None:
+        for start in range(0, self._split, self._batch):
+            if self._stopped.is_set():
+                return
+            kcat_produce(self._settings, self._topic, self._events[start : start + self._batch])
+            time.sleep(self._pause)
+        if self._released.wait(timeout=120):
+            kcat_produce(self._settings, self._topic, self._events[self._split :])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._released.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
 
 
 def read_topic(settings: Settings, topic: str, timeout_ms: int = 5000) -> list[Any]:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -23,7 +21,7 @@ from shared.services import inbox
 from shared.settings import Settings
 from tests.support import wait_until
 from tests.web.conftest import Client
-from tests.workers.kafka_support import bridge_process, handed_over, kcat_produce, read_topic
+from tests.workers.kafka_support import SteadyProducer, bridge_process, handed_over, kcat_produce, read_topic
 
 PRODUCTS = [
     {"productId": "p-1", "quantity": 3, "price": 19.99, "sellerId": "s-1"},
@@ -354,18 +352,9 @@ def test_two_bridges_with_a_rebalance_mid_stream_apply_each_of_500_events_once(
     env = {"KAFKA_TOPIC_PREFIX": isolated.kafka_topic_prefix}
     # The order service keeps sending while the partitions move; the last
     # 50 events wait until both moves are done, so both land mid-stream.
-    moves_done, given_up = threading.Event(), threading.Event()
-
-    def produce() -> None:
-        for start in range(0, 450, 5):
-            if given_up.is_set():
-                return
-            kcat_produce(isolated, isolated.topic_product_refunded, events[start : start + 5])
-            time.sleep(0.1)
-        if moves_done.wait(timeout=120):
-            kcat_produce(isolated, isolated.topic_product_refunded, events[450:])
-
-    producer = threading.Thread(target=produce, daemon=True)
+    producer = SteadyProducer(
+        isolated, isolated.topic_product_refunded, events, batch=5, pause=0.1, hold_back=50
+    )
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     try:
         with bridge_process(env, first_log) as first:
@@ -377,13 +366,11 @@ def test_two_bridges_with_a_rebalance_mid_stream_apply_each_of_500_events_once(
                 first.send_signal(signal.SIGTERM)  # the first leaves: they move again
                 assert first.wait(timeout=60) == 0
                 at_leave = handed(payment)
-                moves_done.set()
+                producer.release()
                 wait_until(lambda: settled(payment, 500), timeout=240, interval=0.5, message="500 applied")
                 assert second.poll() is None
     finally:
-        given_up.set()
-        moves_done.set()
-        producer.join(timeout=60)
+        producer.stop()
     # Both moves came with events handed over before them and events still to come.
     assert 0 < at_join <= at_leave < 500, (at_join, at_leave)
     by_first, by_second = set(handed_over(first_log)), set(handed_over(second_log))
@@ -408,18 +395,9 @@ def test_a_bridge_killed_mid_stream_and_restarted_loses_no_event_and_applies_non
     events = [product_refund(payment, "u", 0.01) for _ in range(300)]
     # The order service keeps sending while the bridge dies; the last 50
     # events wait for the kill, so that it lands mid-stream.
-    killed, given_up = threading.Event(), threading.Event()
-
-    def produce() -> None:
-        for start in range(0, 250, 10):
-            if given_up.is_set():
-                return
-            kcat_produce(isolated, isolated.topic_product_refunded, events[start : start + 10])
-            time.sleep(0.05)
-        if killed.wait(timeout=120):
-            kcat_produce(isolated, isolated.topic_product_refunded, events[250:])
-
-    producer = threading.Thread(target=produce, daemon=True)
+    producer = SteadyProducer(
+        isolated, isolated.topic_product_refunded, events, batch=10, pause=0.05, hold_back=50
+    )
     try:
         with bridge_process(env) as first:
             producer.start()
@@ -429,13 +407,11 @@ def test_a_bridge_killed_mid_stream_and_restarted_loses_no_event_and_applies_non
         # The kill landed mid-stream: some events were handed over, some not.
         at_kill = handed(payment)
         assert 0 < at_kill < 300, at_kill
-        killed.set()
+        producer.release()
         with bridge_process(env):
             wait_until(lambda: settled(payment, 300), timeout=240, interval=0.5, message="all 300 applied")
     finally:
-        given_up.set()
-        killed.set()
-        producer.join(timeout=60)
+        producer.stop()
     assert handed(payment) == 300
     assert len({r.eventId for r in stored(payment).refunds}) == 300
     assert balance(payment) == Decimal("100.00")

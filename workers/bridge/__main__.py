@@ -7,7 +7,7 @@ import sys
 import threading
 
 from shared.logs import configure_logging
-from shared.settings import ConfigurationError, load_settings
+from shared.settings import load_settings_or_exit
 
 
 def main() -> int:
@@ -16,11 +16,7 @@ def main() -> int:
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
-    try:
-        settings = load_settings()
-    except ConfigurationError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    settings = load_settings_or_exit()
     configure_logging(settings.log_level)
     from shared import db
     from workers.app import create_celery

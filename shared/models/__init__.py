@@ -3,9 +3,9 @@
 from shared.models.card import Card
 from shared.models.idempotency import IdempotencyRecord
 from shared.models.inbox import RefundEvent
-from shared.models.job import Job, JobStatus
+from shared.models.job import Job, JobStatus, status_key
 from shared.models.ledger import LedgerEntry
-from shared.models.payment import Payment, PaymentProduct, PaymentState, Refund
+from shared.models.payment import Payment, PaymentProduct, PaymentState, PaymentToken, Refund
 
 __all__ = [
     "Card",
@@ -16,6 +16,8 @@ __all__ = [
     "Payment",
     "PaymentProduct",
     "PaymentState",
+    "PaymentToken",
     "Refund",
     "RefundEvent",
+    "status_key",
 ]

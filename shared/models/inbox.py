@@ -20,7 +20,12 @@ class RefundEvent(Document):
 
     meta: ClassVar[dict[str, Any]] = {
         "collection": "refund_events",
-        "indexes": [{"fields": ["status", "updatedAt"]}],
+        "indexes": [
+            {"fields": ["status", "updatedAt"]},
+            # Touching and settling filter on this field alone (sparse: an
+            # event stored before it existed has none).
+            {"fields": ["statusKey"], "unique": True, "sparse": True},
+        ],
     }
 
     id = StringField(primary_key=True)  # the event id: topic:partition:offset
@@ -30,3 +35,5 @@ class RefundEvent(Document):
     reason = StringField()
     receivedAt = DateTimeField(default=utcnow, required=True)
     updatedAt = DateTimeField(default=utcnow, required=True)
+    #: ``status_key(id, status)``, written with every status (see Job.statusKey).
+    statusKey = StringField()

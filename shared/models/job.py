@@ -35,6 +35,9 @@ class Job(TimestampedDocument):
             {"fields": ["status", "updatedAt"]},
             # Each document's own expiresAt is its expiry time.
             {"fields": ["expiresAt"], "expireAfterSeconds": 0},
+            # Every change of status filters on this field alone (sparse: a
+            # job stored before it existed has none).
+            {"fields": ["statusKey"], "unique": True, "sparse": True},
         ],
     }
 
@@ -52,7 +55,17 @@ class Job(TimestampedDocument):
     requestHash = StringField()
     #: When the TTL index removes the ended job; unset while it is open.
     expiresAt = DateTimeField()
+    #: ``status_key(id, status)``, written with every status: a change of
+    #: status filters on it alone, so the unique index finds the job and the
+    #: filter checks the status atomically with the write.  (The local
+    #: MongoDB-protocol server uses an index only for a filter on exactly its
+    #: fields; ``{_id, status}`` would scan every job.)
+    statusKey = StringField()
 
     @property
     def ended(self) -> bool:
         return self.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+def status_key(job_id: object, status: str) -> str:
+    return f"{job_id}:{status}"

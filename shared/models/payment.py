@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -17,6 +19,7 @@ from mongoengine import (
 )
 
 from shared.models.base import TimestampedDocument
+from shared.money import money
 
 
 class PaymentState(StrEnum):
@@ -69,6 +72,10 @@ class Payment(TimestampedDocument):
             {"fields": ["checkoutId"], "unique": True},
             {"fields": ["userId"]},
             {"fields": ["state", "acceptedEventPublished"]},
+            # Every conditional update of a payment filters on this field
+            # alone (PaymentToken).  Sparse: a document stored before the
+            # token existed has none until its first touch gives it one.
+            {"fields": ["token"], "unique": True, "sparse": True},
         ],
     }
 
@@ -90,8 +97,8 @@ class Payment(TimestampedDocument):
     paymentStatus = BooleanField(default=False)
 
     # Ours.
-    #: Applied refund events, and a counter every refund update checks and
-    #: bumps (compare-and-set), so concurrent refunds never over-refund.
+    #: Applied refund events, and a counter every change of the state, the
+    #: job or the refunds bumps (it is part of ``token``).
     refunds = EmbeddedDocumentListField(Refund)
     version = IntField(default=0, min_value=0)
     refundedAmount = Decimal128Field(default=Decimal("0.00"), precision=2)
@@ -101,3 +108,77 @@ class Payment(TimestampedDocument):
     #: Outbox of the payment-accepted event: set once Kafka acknowledged it.
     acceptedEventPublished = BooleanField(default=False)
     acceptedEventPublishedAt = DateTimeField()
+    #: The concurrency token: ``PaymentToken.dump()`` of the values every
+    #: decision on the payment is computed from, set in the same atomic update
+    #: as they are.  Unique (sparse) index.
+    token = StringField()
+
+
+@dataclass(frozen=True)
+class PaymentToken:
+    """What a payment's decisions depend on, in one atomically read and written field.
+
+    The local MongoDB-protocol server uses an index only for a filter on
+    exactly the index's fields, and its reads are not snapshots (a read can
+    mix the fields of two writes: tests/conformance).  So a decision (mark
+    charged or failed, take over a failed checkout, record a refund) is
+    computed from the parsed token alone, and its update filters on
+    ``{token: <the token read>}`` alone: found by the unique index, on real
+    MongoDB as here, and applied only if nothing the decision read has moved.
+    Every write that changes a value carried here writes the next token
+    (``version`` + 1, so a token is never seen twice).
+    """
+
+    payment_id: str
+    version: int
+    state: str
+    job_id: str
+    #: How many refund entries the payment holds (they are only ever appended).
+    refunds: int
+    refunded_amount: Decimal
+    #: ``refundedQuantity`` of each product, in the products' order.
+    refunded_quantities: tuple[int, ...]
+
+    def dump(self) -> str:
+        return json.dumps(
+            [
+                self.payment_id,
+                self.version,
+                self.state,
+                self.job_id,
+                self.refunds,
+                str(self.refunded_amount),
+                list(self.refunded_quantities),
+            ],
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def load(cls, raw: str) -> PaymentToken:
+        payment_id, version, state, job_id, refunds, amount, quantities = json.loads(raw)
+        return cls(
+            str(payment_id),
+            int(version),
+            str(state),
+            str(job_id),
+            int(refunds),
+            money(amount),
+            tuple(quantities),
+        )
+
+    @classmethod
+    def of(cls, payment: Payment) -> PaymentToken:
+        """The token of a payment's fields as read (a new payment's, or a legacy one's on first touch)."""
+        return cls(
+            payment_id=str(payment.id),
+            version=payment.version or 0,
+            state=str(payment.state),
+            job_id=str(payment.jobId),
+            refunds=len(payment.refunds or []),
+            refunded_amount=money(payment.refundedAmount or Decimal("0.00")),
+            refunded_quantities=tuple(int(p.refundedQuantity or 0) for p in payment.products),
+        )
+
+    def next(self, **changes: object) -> PaymentToken:
+        """The token of the next write: ``changes`` applied, the version bumped."""
+        return replace(self, version=self.version + 1, **changes)  # type: ignore[arg-type]

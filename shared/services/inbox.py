@@ -6,7 +6,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from shared.models import RefundEvent
+from shared.models import RefundEvent, status_key
 from shared.models.base import utcnow
 from shared.services.jobs import TaskSender
 
@@ -21,6 +21,7 @@ def hand_over(sender: TaskSender, event_id: str, task: str, kwargs: dict[str, An
         set_on_insert__task=task,
         set_on_insert__kwargs=kwargs,
         set_on_insert__status="received",
+        set_on_insert__statusKey=status_key(event_id, "received"),
         set_on_insert__receivedAt=now,
         set__updatedAt=now,
     )
@@ -29,13 +30,33 @@ def hand_over(sender: TaskSender, event_id: str, task: str, kwargs: dict[str, An
 
 def touch(event_id: str) -> None:
     """An attempt is running: the sweep leaves a chain alone while its attempts keep coming."""
-    RefundEvent.objects(id=event_id, status="received").update_one(set__updatedAt=utcnow())
+    _while_received(event_id, set__updatedAt=utcnow())
 
 
 def settle(event_id: str, status: str, reason: str | None = None) -> None:
-    RefundEvent.objects(id=event_id, status="received").update_one(
-        set__status=status, set__reason=reason, set__updatedAt=utcnow()
+    _while_received(
+        event_id,
+        set__status=status,
+        set__statusKey=status_key(event_id, status),
+        set__reason=reason,
+        set__updatedAt=utcnow(),
     )
+
+
+def _while_received(event_id: str, **changes: Any) -> None:
+    """Apply ``changes`` if the event is still ``received``.
+
+    By ``statusKey`` alone (one unique index); an event stored before that
+    key existed is matched by ``_id`` and status instead (a scan on the local
+    server, once: it gets its key here).
+    """
+    if RefundEvent.objects(statusKey=status_key(event_id, "received")).update_one(**changes):
+        return
+    legacy = RefundEvent.objects(id=event_id).only("statusKey").first()
+    if legacy is None or legacy.statusKey is not None:
+        return
+    changes.setdefault("set__statusKey", status_key(event_id, "received"))
+    RefundEvent.objects(id=event_id, statusKey=None, status="received").update_one(**changes)
 
 
 def requeue_stale(sender: TaskSender, older_than: timedelta, limit: int) -> int:

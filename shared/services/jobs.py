@@ -27,7 +27,7 @@ from shared.errors import (
     TooManyOpenJobs,
 )
 from shared.logs import log_context
-from shared.models import IdempotencyRecord, Job, JobStatus
+from shared.models import IdempotencyRecord, Job, JobStatus, status_key
 from shared.models.base import utcnow
 from shared.principal import Principal
 from shared.services.views import to_bson
@@ -82,13 +82,15 @@ def submit(
     With ``open_limit``, a user who already has that many queued or running
     jobs is refused (:class:`TooManyOpenJobs`) and nothing is stored.
     """
+    job_id = ObjectId()
     job = Job(
-        id=ObjectId(),
+        id=job_id,
         type=job_type,
         ownerId=owner,
         params=params,
         resourceId=resource_id,
         requestHash=req_hash,
+        statusKey=status_key(job_id, JobStatus.QUEUED),
     )
     record: IdempotencyRecord | None = None
     if idempotency_key is not None:
@@ -180,10 +182,31 @@ def wait_for_end(job: Job, seconds: float, poll: float = 0.1) -> Job:
 # -- the worker's side ------------------------------------------------------
 
 
+def move(job_id: object, from_statuses: list[JobStatus], to: JobStatus, **changes: Any) -> bool:
+    """Move a job from one of ``from_statuses`` to ``to`` with ``changes``; True if this update did.
+
+    The filter is the job's ``statusKey`` alone (one unique index).  A job
+    stored before that key existed is moved by ``_id`` and status instead (a
+    scan on the local server; such jobs end or expire).
+    """
+    keys = [status_key(job_id, status) for status in from_statuses]
+    changes = {"set__status": to, "set__statusKey": status_key(job_id, to), **changes}
+    if Job.objects(statusKey__in=keys).update_one(**changes):
+        return True
+    legacy = Job.objects(id=job_id).only("statusKey").first()
+    if legacy is None or legacy.statusKey is not None:
+        return False
+    return bool(Job.objects(id=job_id, statusKey=None, status__in=from_statuses).update_one(**changes))
+
+
 def start(job_id: str) -> Job | None:
     """Mark the job running and count the attempt; None if it already ended."""
-    updated = Job.objects(id=job_id, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).update_one(
-        set__status=JobStatus.RUNNING, inc__attempts=1, set__updatedAt=utcnow()
+    updated = move(
+        job_id,
+        [JobStatus.QUEUED, JobStatus.RUNNING],
+        JobStatus.RUNNING,
+        inc__attempts=1,
+        set__updatedAt=utcnow(),
     )
     return Job.objects(id=job_id).first() if updated else None
 
@@ -194,8 +217,10 @@ def succeed(job_id: str, result: dict[str, Any], *, retention: timedelta) -> Non
     if "id" in result:  # the resource the job made (a payment's id is known only now)
         updates["set__resourceId"] = result["id"]
     now = utcnow()
-    Job.objects(id=job_id, status=JobStatus.RUNNING).update_one(
-        set__status=JobStatus.SUCCEEDED,
+    move(
+        job_id,
+        [JobStatus.RUNNING],
+        JobStatus.SUCCEEDED,
         set__result=to_bson(result),
         set__error=None,
         set__updatedAt=now,
@@ -207,8 +232,10 @@ def succeed(job_id: str, result: dict[str, Any], *, retention: timedelta) -> Non
 def fail(job_id: str, error: ServiceError, *, retention: timedelta) -> None:
     """End the job with its error; it expires ``retention`` from now."""
     now = utcnow()
-    Job.objects(id=job_id, status=JobStatus.RUNNING).update_one(
-        set__status=JobStatus.FAILED,
+    move(
+        job_id,
+        [JobStatus.RUNNING],
+        JobStatus.FAILED,
         set__error=error.to_dict(),
         set__updatedAt=now,
         set__expiresAt=now + retention,

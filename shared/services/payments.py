@@ -15,6 +15,10 @@ second worker) resumes where the last attempt stopped:
    the payment becomes ``charged`` (visible; its accepted event is left in
    the outbox for the publisher), or ``failed`` if the debit was refused.
 4. **settle**: the card forgets the operation.
+
+Every conditional update of the payment (marking it charged or failed,
+taking over a failed checkout) is computed from the payment's concurrency
+token and filters on that token alone (shared/services/payment_tokens.py).
 """
 
 from __future__ import annotations
@@ -39,12 +43,21 @@ from shared.errors import (
     ServiceError,
 )
 from shared.failpoints import failpoint
-from shared.models import Card, Job, LedgerEntry, Payment, PaymentProduct, PaymentState
+from shared.models import (
+    Card,
+    Job,
+    JobStatus,
+    LedgerEntry,
+    Payment,
+    PaymentProduct,
+    PaymentState,
+    PaymentToken,
+)
 from shared.models.base import utcnow
 from shared.money import money
 from shared.pan import mask
 from shared.principal import Principal
-from shared.services import card_ops, outbox
+from shared.services import card_ops, jobs, outbox, payment_tokens
 from shared.services.cards import is_expired
 from shared.services.checkout import Checkout, fetch_checkout
 from shared.services.views import BASE, payment_view
@@ -79,9 +92,7 @@ def charge(settings: Settings, job: Job) -> dict[str, Any]:
             _record_and_mark_charged(payment, job_id)
             failpoint(settings, "charge.after_charged", job_id)
         else:
-            Payment.objects(id=payment.id, state=PaymentState.PENDING, jobId=job_id).update_one(
-                set__state=PaymentState.FAILED, set__updatedAt=utcnow()
-            )
+            _end_pending(payment.id, job_id, PaymentState.FAILED)
     debited_card = payment.creditCardId  # this job's card (a later job may pay with another)
     payment.reload()
     if payment.jobId == job_id and payment.state == PaymentState.PENDING:  # pragma: no cover - decided above
@@ -108,28 +119,74 @@ def _claim(settings: Settings, job: Job, checkout_id: str, card_id: str, owner: 
         raise CheckoutNotFound(f"No checkout {checkout_id}.")
     if not checkout.isActive:
         raise AlreadyPaid("This checkout is no longer active: it was already paid.")
-    card = Card.objects(id=card_id, cardUserId=owner, deletedAt=None).exclude("debits", "credits").first()
-    if card is None:
+    # By _id alone (an index), the owner and the deletion checked here.
+    card = Card.objects(id=card_id).exclude("debits", "credits", "inflight").first()
+    if card is None or card.cardUserId != owner or card.deletedAt is not None:
         raise CardNotFound(f"No card {card_id}.")
     if is_expired(card.expireDate, datetime.now(UTC).date()):
         raise CardExpired(f"The card expired at the end of {card.expireDate}.")
     fields = _payment_fields(checkout, card, owner, str(job.id))
     payment = Payment(id=ObjectId(), **fields)
+    payment.token = PaymentToken.of(payment).dump()
     try:
         payment.save(force_insert=True)
         return payment
     except NotUniqueError:
         pass
     # Another job holds the checkout, unless its charge failed: then take it over.
-    taken = Payment.objects(checkoutId=checkout_id, state=PaymentState.FAILED).update_one(
-        **{f"set__{k}": v for k, v in fields.items() if k != "checkoutId"}, set__updatedAt=utcnow()
-    )
+    taken = _take_over_failed(checkout_id, fields)
     current = Payment.objects(checkoutId=checkout_id).first()
     if taken and current is not None and current.jobId == str(job.id):
         return current
     if current is None:  # pragma: no cover - a payment is never removed
         raise CheckoutNotFound(f"No checkout {checkout_id}.")
     raise _already_paid(current)
+
+
+def _take_over_failed(checkout_id: str, fields: dict[str, Any]) -> bool:
+    """Give the checkout's payment to this job if its charge failed; True if this update did.
+
+    The decision is the token's (read by the unique checkoutId), the update
+    filters on that token: a payment that left ``failed`` since is not taken.
+    """
+    for _ in range(payment_tokens.MAX_ATTEMPTS):
+        existing = Payment.objects(checkoutId=checkout_id).only("id").first()
+        got = None if existing is None else payment_tokens.read(existing.id, "id")
+        if got is None:
+            return False
+        _, token = got
+        if token.state != PaymentState.FAILED:
+            return False
+        new = token.next(
+            state=PaymentState.PENDING,
+            job_id=fields["jobId"],
+            refunded_amount=fields["refundedAmount"],
+            refunded_quantities=tuple(0 for _ in fields["products"]),
+        )
+        changes = {f"set__{k}": v for k, v in fields.items() if k not in ("checkoutId", "state", "jobId")}
+        if payment_tokens.write(
+            token, new, set__state=PaymentState.PENDING, set__jobId=fields["jobId"], **changes
+        ):
+            return True
+    raise CardContended(f"The payment of checkout {checkout_id} kept changing; the charge will be retried.")
+
+
+def _end_pending(payment_id: Any, job_id: str, state: PaymentState, **changes: Any) -> bool:
+    """Move the payment from ``pending`` under ``job_id`` to ``state``; True if this update did.
+
+    Decided from the token alone; nothing is written if the payment is not
+    (any more) this job's pending payment.
+    """
+    for _ in range(payment_tokens.MAX_ATTEMPTS):
+        got = payment_tokens.read(payment_id, "id")
+        if got is None:
+            return False
+        _, token = got
+        if token.state != PaymentState.PENDING or token.job_id != job_id:
+            return False
+        if payment_tokens.write(token, token.next(state=state), set__state=state, **changes):
+            return True
+    raise CardContended(f"Payment {payment_id} kept changing; the charge will be retried.")
 
 
 def _payment_fields(checkout: Checkout, card: Card, owner: str, job_id: str) -> dict[str, Any]:
@@ -211,11 +268,12 @@ def _debit_outcome(card: Card, payment: Payment, job_id: str, *, check_legacy: b
     applied, refused = _debit_names(payment_id, job_id)
     if applied in card.inflight or refused in card.inflight:
         return applied in card.inflight
-    # Read after the card: a name is pulled only once the payment records its outcome.
-    current = Payment.objects(id=payment.id).only("state", "jobId").first()
-    if current is None or current.jobId != job_id or current.state == PaymentState.FAILED:
+    # Read after the card: a name is pulled only once the payment records its
+    # outcome.  State and job from the token: one field, read atomically.
+    got = payment_tokens.read(payment.id, "id")
+    if got is None or got[1].job_id != job_id or got[1].state == PaymentState.FAILED:
         return False  # refused (another job may have taken the checkout since)
-    if current.state == PaymentState.CHARGED:
+    if got[1].state == PaymentState.CHARGED:
         return True
     if check_legacy and Card.objects(id=card.id, debits=payment_id).only("id").first() is not None:
         return True
@@ -238,15 +296,16 @@ def _record_and_mark_charged(payment: Payment, job_id: str) -> None:
             amount=money(payment.totalPrice),
             paymentId=str(payment.id),
         ).save(force_insert=True)
-    Payment.objects(id=payment.id, state=PaymentState.PENDING, jobId=job_id).update_one(
-        set__state=PaymentState.CHARGED, set__paymentStatus=True, set__updatedAt=utcnow()
-    )
+    _end_pending(payment.id, job_id, PaymentState.CHARGED, set__paymentStatus=True)
 
 
 def visible_payment(principal: Principal, payment_id: str) -> Payment:
     """A charged, live payment the caller may see; anything else is not found."""
-    payment = Payment.objects(id=payment_id, state=PaymentState.CHARGED, deletedAt=None).first()
-    if payment is None or not (principal.reads_all_payments or principal.owns(payment.userId)):
+    # By _id alone (an index); the state and the deletion are checked here.
+    payment = Payment.objects(id=payment_id).first()
+    if payment is None or payment.state != PaymentState.CHARGED or payment.deletedAt is not None:
+        raise PaymentNotFound(f"No payment {payment_id}.")
+    if not (principal.reads_all_payments or principal.owns(payment.userId)):
         raise PaymentNotFound(f"No payment {payment_id}.")
     return payment
 
@@ -278,8 +337,13 @@ def resume_stale_charges(older_than: timedelta, limit: int) -> list[str]:
     reopened = []
     pending = Payment.objects(state=PaymentState.PENDING, updatedAt__lt=cutoff).order_by("updatedAt")
     for payment in pending.only("jobId").limit(limit):
-        Job.objects(id=payment.jobId, status="failed").update_one(
-            set__status="queued", set__error=None, set__updatedAt=utcnow(), unset__expiresAt=True
+        jobs.move(
+            payment.jobId,
+            [JobStatus.FAILED],
+            JobStatus.QUEUED,
+            set__error=None,
+            set__updatedAt=utcnow(),
+            unset__expiresAt=True,
         )
         reopened.append(payment.jobId)
     return reopened
@@ -292,9 +356,11 @@ def get_payment(principal: Principal, payment_id: str) -> dict[str, Any]:
 def delete_payment(job: Job) -> dict[str, Any]:
     """Hide the payment from reads; the debit and ledger stay on record."""
     payment_id = job.resourceId
-    if Payment.objects(id=payment_id).only("id").first() is None:
+    payment = Payment.objects(id=payment_id).only("deletedAt").first()
+    if payment is None:
         raise PaymentNotFound(f"No payment {payment_id}.")
-    Payment.objects(id=payment_id, deletedAt=None).update_one(
-        set__deletedAt=utcnow(), set__updatedAt=utcnow()
-    )
+    if payment.deletedAt is None:
+        # By _id alone; $min keeps the first deletion's time if another run won.
+        now = utcnow()
+        Payment.objects(id=payment_id).update_one(min__deletedAt=now, set__updatedAt=now)
     return {"deleted": payment_id}

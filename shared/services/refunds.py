@@ -4,10 +4,11 @@ An event (identified by the Kafka coordinates of its message, the topic's id
 included, so a topic deleted and created again starts new ids) is applied in
 steps a retry can resume:
 
-1. **record** on the payment, by compare-and-set on ``payment.version``: the
-   refund entry, the products' refunded quantities and the refunded amount,
-   checked against what was paid (never more than was paid for the payment or
-   for the product).  The entry's presence makes the event applied once.
+1. **record** on the payment, by compare-and-set on the payment's token
+   (shared/services/payment_tokens.py): the refund entry, the products'
+   refunded quantities and the refunded amount, checked against what was
+   paid (never more than was paid for the payment or for the product).  The
+   entry's presence makes the event applied once.
 2. **credit** the card: one conditional update adds the amount and leaves
    ``credit:<eventId>`` in ``card.inflight`` (shared/services/card_ops.py);
    it is taken as applied only when that name or the ledger entry is seen,
@@ -45,10 +46,10 @@ from shared.errors import (
     RefundPaymentNotFound,
 )
 from shared.failpoints import failpoint
-from shared.models import Card, LedgerEntry, Payment, PaymentState, Refund
+from shared.models import Card, LedgerEntry, Payment, PaymentState, PaymentToken, Refund
 from shared.models.base import utcnow
 from shared.money import money
-from shared.services import card_ops
+from shared.services import card_ops, payment_tokens
 from shared.settings import Settings
 
 #: How often a refund is re-planned when a concurrent refund changed the payment.
@@ -98,36 +99,44 @@ def _record(event_id: str, payment_id: str, product_id: str | None, price: Decim
     now: a retry must finish what its first delivery started.  Deleting a
     payment only hides it, so its refunds still apply.
     """
+    if not ObjectId.is_valid(payment_id):
+        raise RefundPaymentNotFound(f"No charged payment {payment_id}.")
     for _ in range(MAX_CAS_ATTEMPTS):
-        payment = Payment.objects(id=payment_id).first()
-        done = None if payment is None else next((r for r in payment.refunds if r.eventId == event_id), None)
+        got = payment_tokens.read(payment_id)
+        if got is None:
+            raise RefundPaymentNotFound(f"No charged payment {payment_id}.")
+        payment, token = got
+        done = next((r for r in payment.refunds if r.eventId == event_id), None)
         if done is not None:
             return done  # recorded by an earlier delivery of this event
-        if payment is None or payment.state != PaymentState.CHARGED:
+        if len(payment.refunds) < token.refunds or len(payment.products) != len(token.refunded_quantities):
+            continue  # a read is not a snapshot: these fields are older than the token; read again
+        if token.state != PaymentState.CHARGED:
             raise RefundPaymentNotFound(f"No charged payment {payment_id}.")
         card = Card.objects(id=payment.creditCardId).only("deletedAt").first()
         if card is None or card.deletedAt is not None:
             raise RefundCardDeleted(f"The card {payment.creditCardId} of payment {payment_id} was deleted.")
-        refund, changes, expected = _plan(payment, event_id, product_id, price)
-        # The filter repeats every value the plan was computed from: a read
-        # is not guaranteed to be a snapshot (tests/conformance), a write's
-        # filter is checked atomically with the write.
-        applied = Payment.objects(id=payment_id, version=payment.version, **expected).update_one(
-            push__refunds=refund, inc__version=1, set__updatedAt=utcnow(), **changes
-        )
-        if applied:
+        refund, changes, new = _plan(payment, token, event_id, product_id, price)
+        # The plan's changing inputs (refunded amount and quantities, number
+        # of refunds, state) are the token's, read atomically as one field;
+        # the update applies only if the payment still holds that token.
+        # The rest (products, prices, total) never changes once charged.
+        if payment_tokens.write(token, new, push__refunds=refund, **changes):
             return refund
     raise RefundContended(f"Payment {payment_id} kept changing; refund {event_id} will be retried.")
 
 
 def _plan(
-    payment: Payment, event_id: str, product_id: str | None, price: Decimal | None
-) -> tuple[Refund, dict[str, Any], dict[str, Any]]:
-    """The refund entry, the payment's changes, and the values they were computed from."""
+    payment: Payment, token: PaymentToken, event_id: str, product_id: str | None, price: Decimal | None
+) -> tuple[Refund, dict[str, Any], PaymentToken]:
+    """The refund entry, the payment's changes, and the payment's next token.
+
+    What refunds change is taken from ``token``, never from the payment's
+    own fields (which a read may show from another write).
+    """
     total = money(payment.totalPrice)
-    refunded = money(payment.refundedAmount)
+    refunded = token.refunded_amount
     remaining = total - refunded
-    expected: dict[str, Any] = {"refundedAmount": refunded}
     if product_id is None:
         if remaining <= 0:
             raise NothingToRefund(f"Payment {payment.id} is already refunded in full.")
@@ -136,7 +145,12 @@ def _plan(
             changes[f"set__products__{i}__refundedQuantity"] = item.quantity
             changes[f"set__products__{i}__isRefunded"] = True
         refund = Refund(eventId=event_id, kind="order", amount=remaining, at=utcnow())
-        return refund, changes, expected
+        new = token.next(
+            refunds=token.refunds + 1,
+            refunded_amount=total,
+            refunded_quantities=tuple(item.quantity for item in payment.products),
+        )
+        return refund, changes, new
     if price is None:  # pragma: no cover - refund_product always passes one
         raise ValueError("a product refund needs a price")
     index = next((i for i, p in enumerate(payment.products) if p.productId == product_id), None)
@@ -150,29 +164,36 @@ def _plan(
     if units != units.to_integral_value() or units < 1:
         raise NotWholeUnits(f"{price} is not a whole number of units of {unit}.")
     quantity = int(units)
-    left = product.quantity - product.refundedQuantity
+    already = token.refunded_quantities[index]
+    left = product.quantity - already
     if quantity > left or price > remaining:
         raise OverRefund(f"{quantity} units of {product_id} asked, {left} not refunded yet.")
     new_refunded = refunded + price
     changes = {
-        f"set__products__{index}__refundedQuantity": product.refundedQuantity + quantity,
+        f"set__products__{index}__refundedQuantity": already + quantity,
         # A product is refunded once all its units are.
-        f"set__products__{index}__isRefunded": product.refundedQuantity + quantity == product.quantity,
+        f"set__products__{index}__isRefunded": already + quantity == product.quantity,
         "set__refundedAmount": new_refunded,
         "set__refunded": new_refunded == total,
     }
-    expected[f"products__{index}__refundedQuantity"] = product.refundedQuantity
+    quantities = list(token.refunded_quantities)
+    quantities[index] = already + quantity
+    new = token.next(
+        refunds=token.refunds + 1, refunded_amount=new_refunded, refunded_quantities=tuple(quantities)
+    )
     refund = Refund(
         eventId=event_id, kind="product", productId=product_id, quantity=quantity, amount=price, at=utcnow()
     )
-    return refund, changes, expected
+    return refund, changes, new
 
 
 def is_recorded(payment_id: str, event_id: str) -> bool:
     """The event's refund is on the payment: it must be finished, never set aside."""
     if not ObjectId.is_valid(payment_id):
         return False
-    return Payment.objects(id=payment_id, refunds__eventId=event_id).only("id").first() is not None
+    # By _id alone (an index); the entry is looked for here.
+    payment = Payment.objects(id=payment_id).only("refunds").first()
+    return payment is not None and any(r.eventId == event_id for r in payment.refunds)
 
 
 def _credit_name(event_id: str) -> str:

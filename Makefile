@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN_RECORD := .stack/run/test-started-$(shell date +%s)-$$$$
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev stack-up stack-down stack-status test test-fast lint format token bench clean
+.PHONY: help install dev stack-up stack-down stack-status test test-fast lint format token bench bench-history clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -57,6 +57,10 @@ token: $(STAMP) ## print a signed development token (ARGS="--type admin")
 bench: install ## charge latency (POST to ended job) against a ping baseline, on the local servers
 	$(PY) -m devstack up
 	$(PY) -m bench.charge_latency
+
+bench-history: install ## charge, refund and GET /get on cards with 0, 10,000 and 100,000 earlier payments (ARGS="--ops 60")
+	$(PY) -m devstack up
+	$(PY) -m bench.history $(ARGS)
 
 clean: stack-down ## stop the servers and delete their data
 	rm -rf .stack

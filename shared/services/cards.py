@@ -80,8 +80,11 @@ def _record_opening(card_id: str, amount: Decimal) -> None:
 
 def visible_card(principal: Principal, card_id: str) -> Card:
     """A live card its owner (or an admin) may see; anything else is not found."""
-    card = Card.objects(id=card_id, deletedAt=None).exclude("debits", "credits", "inflight").first()
-    if card is None or not (principal.is_admin or principal.owns(card.cardUserId)):
+    # By _id alone (the local server indexes only a filter on exactly _id); deletion checked here.
+    card = Card.objects(id=card_id).exclude("debits", "credits", "inflight").first()
+    if card is None or card.deletedAt is not None:
+        raise CardNotFound(f"No card {card_id}.")
+    if not (principal.is_admin or principal.owns(card.cardUserId)):
         raise CardNotFound(f"No card {card_id}.")
     return card
 

@@ -9,8 +9,10 @@ worker runs it), one refund (handed over to the inbox, touched and settled
 as the worker does) and the reads of the payment and the card run in this
 process with every command recorded; each filter on ``payments``,
 ``ledger``, ``jobs`` and ``refund_events`` must be found by an index.
-(``cards`` grows with the number of cards, not with a card's history; the
-open-job cap counts a user's jobs on submit, outside what is recorded here.)
+Reads of ``cards`` go by ``_id`` too.  (The card's own conditional updates
+filter on several fields: ``cards`` grows with the number of cards, not
+with a card's history.  The open-job cap counts a user's jobs on submit,
+outside what is recorded here.)
 """
 
 from __future__ import annotations
@@ -150,6 +152,9 @@ def test_charge_refund_and_reads_filter_what_grows_with_history_by_one_unique_in
     assert Job.objects.get(id=job.id).status == "succeeded"
     assert RefundEvent.objects.get(id=event_id).status == "applied"
 
+    reads = [(name, sorted(f)) for c, name, f in recorder.filters if c == "cards" and name == "find"]
+    assert reads
+    assert all(keys == ["_id"] for _, keys in reads), reads
     seen = [(c, name, f) for c, name, f in recorder.filters if c in WATCHED]
     assert {c for c, _, _ in seen} == set(WATCHED), recorder.filters
     indexed = {c: unique_key_sets(c) for c in WATCHED}

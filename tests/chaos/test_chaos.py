@@ -605,7 +605,13 @@ def _close_refused_sockets() -> None:
     """
     gc.collect()
     for obj in gc.get_objects():
-        if isinstance(obj, socket.socket) and obj.fileno() >= 0 and obj.type == socket.SOCK_STREAM:
+        try:
+            is_stream = (
+                isinstance(obj, socket.socket) and obj.fileno() >= 0 and obj.type == socket.SOCK_STREAM
+            )
+        except ReferenceError:  # a weak proxy whose object is gone
+            continue
+        if is_stream:
             try:
                 obj.getpeername()
             except OSError:

@@ -66,24 +66,28 @@ def charge(settings: Settings, job: Job) -> dict[str, Any]:
     job_id = str(job.id)
     # By the unique checkoutId alone: the local MongoDB-protocol server uses an
     # index only for a filter on exactly its fields (the job is checked here).
-    payment = Payment.objects(checkoutId=checkout_id).first()
-    if payment is not None and payment.jobId != job_id:
-        payment = None
-    if payment is None:
-        payment = _claim(settings, job, checkout_id, card_id, owner)
+    found = Payment.objects(checkoutId=checkout_id).first()
+    payment, card = found, None
+    if found is None or found.jobId != job_id:
+        payment, card = _claim(settings, job, checkout_id, card_id, owner, existing=found)
         failpoint(settings, "charge.after_claim", job_id)
+    # Whether the payment in hand is as stored: each write below that matched
+    # is applied to it too, so it is read again only when one did not.
+    known = True
     if payment.state == PaymentState.PENDING:
         failpoint(settings, "charge.before_debit", job_id)
-        if _decide_debit(payment, job_id):
+        if _decide_debit(payment, job_id, card):
             failpoint(settings, "charge.after_debit", job_id)
-            _record_and_mark_charged(payment, job_id)
+            known = _record_and_mark_charged(payment, job_id)
             failpoint(settings, "charge.after_charged", job_id)
         else:
+            known = False  # the reason is read from the card when the payment says failed
             Payment.objects(id=payment.id, state=PaymentState.PENDING, jobId=job_id).update_one(
                 set__state=PaymentState.FAILED, set__updatedAt=utcnow()
             )
     debited_card = payment.creditCardId  # this job's card (a later job may pay with another)
-    payment.reload()
+    if not known:
+        payment.reload()
     if payment.jobId == job_id and payment.state == PaymentState.PENDING:  # pragma: no cover - decided above
         raise CardContended(f"The debit of payment {payment.id} is not recorded yet.")
     # The outcome is on the payment now (or the payment went on to another job
@@ -92,12 +96,25 @@ def charge(settings: Settings, job: Job) -> dict[str, Any]:
     if payment.jobId != job_id or payment.state == PaymentState.FAILED:
         raise _no_debit_reason(payment)
     if not payment.acceptedEventPublished:
-        outbox.try_publish_accepted(settings, payment)
+        outbox.publish_soon(settings, payment)
     return payment_view(payment)
 
 
-def _claim(settings: Settings, job: Job, checkout_id: str, card_id: str, owner: str) -> Payment:
-    existing = Payment.objects(checkoutId=checkout_id).first()
+#: What the claim reads of the card: the payment's copy of it, and what a debit decision depends on.
+_CLAIM_CARD_FIELDS = ("cardHolderName", "last4", "expireDate", *card_ops.DECISION_FIELDS)
+
+
+def _claim(
+    settings: Settings, job: Job, checkout_id: str, card_id: str, owner: str, *, existing: Payment | None
+) -> tuple[Payment, Card | None]:
+    """Claim the checkout for ``job``; the payment, and the card as read before a new payment existed.
+
+    ``existing`` is the checkout's payment as the caller read it (another
+    job's).  The card is returned only with a payment inserted here: read
+    before that payment existed, nothing can have decided on the card for it
+    since without moving the card's version, so the debit decision can start
+    from this read (one read of the card and one of the payment fewer).
+    """
     if existing is not None and existing.state != PaymentState.FAILED:
         if existing.userId != owner:
             raise CheckoutNotFound(f"No checkout {checkout_id}.")
@@ -108,7 +125,7 @@ def _claim(settings: Settings, job: Job, checkout_id: str, card_id: str, owner: 
         raise CheckoutNotFound(f"No checkout {checkout_id}.")
     if not checkout.isActive:
         raise AlreadyPaid("This checkout is no longer active: it was already paid.")
-    card = Card.objects(id=card_id, cardUserId=owner, deletedAt=None).exclude("debits", "credits").first()
+    card = Card.objects(id=card_id, cardUserId=owner, deletedAt=None).only(*_CLAIM_CARD_FIELDS).first()
     if card is None:
         raise CardNotFound(f"No card {card_id}.")
     if is_expired(card.expireDate, datetime.now(UTC).date()):
@@ -117,7 +134,7 @@ def _claim(settings: Settings, job: Job, checkout_id: str, card_id: str, owner: 
     payment = Payment(id=ObjectId(), **fields)
     try:
         payment.save(force_insert=True)
-        return payment
+        return payment, card
     except NotUniqueError:
         pass
     # Another job holds the checkout, unless its charge failed: then take it over.
@@ -126,7 +143,7 @@ def _claim(settings: Settings, job: Job, checkout_id: str, card_id: str, owner: 
     )
     current = Payment.objects(checkoutId=checkout_id).first()
     if taken and current is not None and current.jobId == str(job.id):
-        return current
+        return current, None
     if current is None:  # pragma: no cover - a payment is never removed
         raise CheckoutNotFound(f"No checkout {checkout_id}.")
     raise _already_paid(current)
@@ -170,25 +187,33 @@ def _debit_names(payment_id: str, job_id: str) -> tuple[str, str]:
     return f"debit:{payment_id}:{job_id}", f"nodebit:{payment_id}:{job_id}"
 
 
-def _decide_debit(payment: Payment, job_id: str) -> bool:
+def _decide_debit(payment: Payment, job_id: str, card_before_claim: Card | None = None) -> bool:
     """Take the total off the card, or refuse to, once per job; True if taken.
 
     The card is read first, the payment after it: a decision's name is pulled
     from the card only once the payment records the outcome, so a name that
     is gone is found there.  The conditional update repeats the card's
-    version, so it cannot apply after another run decided.
+    version, so it cannot apply after another run decided.  A card read
+    before this payment was inserted (``card_before_claim``) may stand for
+    the first read: no decision on this payment can be older than the
+    payment, and any newer one moved the version, so the first update then
+    matches nothing and the loop reads both again.
     """
     payment_id = str(payment.id)
     applied, refused = _debit_names(payment_id, job_id)
     total = money(payment.totalPrice)
     legacy = {"debits__ne": payment_id}  # a debit marked by an earlier version of this code
     for attempt in range(card_ops.MAX_ATTEMPTS):
-        card = card_ops.read(payment.creditCardId)
-        if card is None:  # pragma: no cover - a card is never removed, only marked deleted
-            return False
-        known = _debit_outcome(card, payment, job_id, check_legacy=attempt > 0)
-        if known is not None:
-            return known
+        card: Card | None
+        if attempt == 0 and card_before_claim is not None:
+            card = card_before_claim
+        else:
+            card = card_ops.read(payment.creditCardId)
+            if card is None:  # pragma: no cover - a card is never removed, only marked deleted
+                return False
+            known = _debit_outcome(card, payment, job_id, check_legacy=attempt > 0)
+            if known is not None:
+                return known
         if card.deletedAt is None and money(card.money) >= total:
             if card_ops.decide(
                 card,
@@ -229,7 +254,8 @@ def _no_debit_reason(payment: Payment) -> ServiceError:
     return InsufficientFunds(f"The card holds less than {money(payment.totalPrice)}.")
 
 
-def _record_and_mark_charged(payment: Payment, job_id: str) -> None:
+def _record_and_mark_charged(payment: Payment, job_id: str) -> bool:
+    """Write the ledger entry and mark the payment charged; True if this call marked it (and ``payment``)."""
     with contextlib.suppress(NotUniqueError):  # recorded by an earlier attempt
         LedgerEntry(
             id=f"debit:{payment.id}",
@@ -238,9 +264,13 @@ def _record_and_mark_charged(payment: Payment, job_id: str) -> None:
             amount=money(payment.totalPrice),
             paymentId=str(payment.id),
         ).save(force_insert=True)
-    Payment.objects(id=payment.id, state=PaymentState.PENDING, jobId=job_id).update_one(
-        set__state=PaymentState.CHARGED, set__paymentStatus=True, set__updatedAt=utcnow()
+    now = utcnow()
+    marked = Payment.objects(id=payment.id, state=PaymentState.PENDING, jobId=job_id).update_one(
+        set__state=PaymentState.CHARGED, set__paymentStatus=True, set__updatedAt=now
     )
+    if marked:
+        payment.state, payment.paymentStatus, payment.updatedAt = PaymentState.CHARGED, True, now
+    return bool(marked)
 
 
 def visible_payment(principal: Principal, payment_id: str) -> Payment:

@@ -78,18 +78,20 @@ def test_concurrent_pays_of_many_checkouts_on_one_card_on_a_threaded_worker_debi
     threaded_api: str, seed_checkout: Callable[..., dict[str, Any]]
 ) -> None:
     client = Client(threaded_api)
-    card = client.add_card(money=100)
-    checkouts = [seed_checkout(client.user_id, total="10.00") for _ in range(32)]
+    # Money for 2 of 24 pays sent at once: the threads read the card at the
+    # same moment, so a decision that did not repeat what it read would overdraw.
+    card = client.add_card(money=20)
+    checkouts = [seed_checkout(client.user_id, total="10.00") for _ in range(24)]
     with ThreadPoolExecutor(16) as pool:
         responses = list(pool.map(lambda c: client.pay(c["_id"], card["id"]), checkouts))
         jobs = list(pool.map(lambda r: client.wait(r, timeout=120), responses))
     succeeded = [j for j in jobs if j["status"] == "succeeded"]
     refused = [j for j in jobs if j["status"] == "failed"]
-    assert len(succeeded) == 10, [j["error"] for j in refused]
+    assert len(succeeded) == 2, [j["error"] for j in refused]
     assert {j["error"]["code"] for j in refused} == {"insufficient_funds"}
     stored = Card.objects.get(id=card["id"])
     assert stored.money == Decimal("0.00")
     assert stored.inflight == []
     debits = LedgerEntry.objects(cardId=card["id"], kind="debit")
     assert sorted(e.paymentId for e in debits) == sorted(j["result"]["id"] for j in succeeded)
-    assert Payment.objects(creditCardId=card["id"], state=PaymentState.CHARGED).count() == 10
+    assert Payment.objects(creditCardId=card["id"], state=PaymentState.CHARGED).count() == 2

@@ -66,11 +66,15 @@ def charge(settings: Settings, job: Job) -> dict[str, Any]:
     job_id = str(job.id)
     # By the unique checkoutId alone: the local MongoDB-protocol server uses an
     # index only for a filter on exactly its fields (the job is checked here).
-    found = Payment.objects(checkoutId=checkout_id).first()
-    payment, card = found, None
+    # A job's first attempt goes straight to the claim, whose insert finds any
+    # payment of the checkout anyway (a later attempt usually resumes one).
+    found: Payment | None = Payment.objects(checkoutId=checkout_id).first() if job.attempts != 1 else None
+    card: Card | None = None
     if found is None or found.jobId != job_id:
         payment, card = _claim(settings, job, checkout_id, card_id, owner, existing=found)
         failpoint(settings, "charge.after_claim", job_id)
+    else:
+        payment = found
     # Whether the payment in hand is as stored: each write below that matched
     # is applied to it too, so it is read again only when one did not.
     known = True
@@ -138,11 +142,13 @@ def _claim(
     except NotUniqueError:
         pass
     # Another job holds the checkout, unless its charge failed: then take it over.
-    taken = Payment.objects(checkoutId=checkout_id, state=PaymentState.FAILED).update_one(
+    # Never this job's own failed charge: its refusal was decided once, for good.
+    Payment.objects(checkoutId=checkout_id, state=PaymentState.FAILED, jobId__ne=str(job.id)).update_one(
         **{f"set__{k}": v for k, v in fields.items() if k != "checkoutId"}, set__updatedAt=utcnow()
     )
     current = Payment.objects(checkoutId=checkout_id).first()
-    if taken and current is not None and current.jobId == str(job.id):
+    if current is not None and current.jobId == str(job.id):
+        # Taken over just now, or claimed by another run of this job (a duplicate message): resume it.
         return current, None
     if current is None:  # pragma: no cover - a payment is never removed
         raise CheckoutNotFound(f"No checkout {checkout_id}.")

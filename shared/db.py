@@ -9,6 +9,7 @@ opens its own.
 from __future__ import annotations
 
 import os
+import threading
 
 import mongoengine
 from mongoengine.connection import get_db
@@ -17,14 +18,23 @@ from pymongo.database import Database
 from shared.settings import Settings
 
 _connected_pid: int | None = None
+#: A threaded worker runs its first tasks at once: one of them connects, the others wait for it.
+_connect_lock = threading.Lock()
 
 
 def connect(settings: Settings) -> None:
-    """Open (or reopen after a fork) this process's connection."""
+    """Open (or reopen after a fork) this process's connection; safe to call from many threads."""
     global _connected_pid  # noqa: PLW0603 - one connection per process is process state
     pid = os.getpid()
     if _connected_pid == pid:
         return
+    with _connect_lock:
+        if _connected_pid != pid:
+            _open(settings)
+            _connected_pid = pid
+
+
+def _open(settings: Settings) -> None:
     mongoengine.disconnect_all()
     mongoengine.connect(
         host=settings.mongo_url,
@@ -36,7 +46,7 @@ def connect(settings: Settings) -> None:
         # unique keys make our writes safe to repeat by hand instead.
         retryWrites=False,
     )
-    _connected_pid = pid
+    get_db()  # the client now, under the lock, not lazily by whichever thread comes first
 
 
 def database() -> Database:  # type: ignore[type-arg]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -24,15 +25,20 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 _producers: dict[int, KafkaProducer] = {}
+_producers_lock = threading.Lock()
 
 
 def _producer(settings: Settings) -> KafkaProducer:
     pid = os.getpid()
-    if pid not in _producers:
-        _producers.clear()  # a parent's producer is not ours to use after a fork
-        # linger 0: every publish waits for its acknowledgement, so batching only delays it.
-        _producers[pid] = producer(settings, max_block_ms=5000, linger_ms=0)
-    return _producers[pid]
+    made = _producers.get(pid)
+    if made is None:
+        with _producers_lock:  # threads of one process share one producer (it is thread-safe)
+            made = _producers.get(pid)
+            if made is None:
+                _producers.clear()  # a parent's producer is not ours to use after a fork
+                # linger 0: every publish waits for its acknowledgement, so batching only delays it.
+                made = _producers[pid] = producer(settings, max_block_ms=5000, linger_ms=0)
+    return made
 
 
 def encode(value: dict[str, Any]) -> bytes:

@@ -175,6 +175,18 @@ class Settings(BaseSettings):
         validation_alias="TASK_RETRY_BACKOFF_MAX_SECONDS",
         description="Cap of the exponential backoff (full jitter) between a task's retries.",
     )
+    worker_pool: Literal["prefork", "threads"] = Field(
+        "prefork",
+        validation_alias="WORKER_POOL",
+        description="Pool of a Celery worker node started without --pool: prefork or threads.",
+    )
+    worker_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        validation_alias="WORKER_CONCURRENCY",
+        description="Tasks a worker node started without --concurrency runs at once (default: CPUs).",
+    )
     job_unstarted_requeue_seconds: float = Field(
         45.0,
         ge=5,

@@ -188,5 +188,9 @@ def create_celery(settings: Settings | None = None) -> PaymentCelery:
         broker_transport_options=transport_options,
         result_backend_transport_options=dict(transport_options),
     )
+    # The command line's --pool and --concurrency win over these.
+    app.conf.worker_pool = settings.worker_pool
+    if settings.worker_concurrency is not None:
+        app.conf.worker_concurrency = settings.worker_concurrency
     app.conf.include = TASK_MODULES
     return app

@@ -32,9 +32,13 @@ from shared.models.base import utcnow
 MAX_ATTEMPTS = 200
 
 
+#: What a decision depends on (never the legacy marker lists).
+DECISION_FIELDS = ("version", "money", "deletedAt", "inflight")
+
+
 def read(card_id: str) -> Card | None:
     """What a decision depends on (never the legacy marker lists)."""
-    return Card.objects(id=card_id).only("version", "money", "deletedAt", "inflight").first()
+    return Card.objects(id=card_id).only(*DECISION_FIELDS).first()
 
 
 def decide(

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from decimal import Decimal
+from http.cookiejar import DefaultCookiePolicy
 
 import requests
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from requests.adapters import HTTPAdapter
 
 from shared.errors import CheckoutNotFound, CheckoutUnavailable, ServiceError
 from shared.money import NeighbourAmount
@@ -43,11 +47,38 @@ class Checkout(BaseModel):
     products: list[CheckoutProduct] = Field(default_factory=list)
 
 
+#: Pooled connections kept per process: one per task a worker process runs at once is enough.
+POOL_SIZE = 16
+
+_sessions: dict[int, requests.Session] = {}
+_sessions_lock = threading.Lock()
+
+
+def _session() -> requests.Session:
+    """This process's HTTP session: kept-alive connections, made after any fork, shared by its threads."""
+    pid = os.getpid()
+    session = _sessions.get(pid)
+    if session is None:
+        with _sessions_lock:
+            session = _sessions.get(pid)
+            if session is None:
+                _sessions.clear()  # a parent's pooled sockets are not ours to use after a fork
+                session = requests.Session()
+                # Calls for different users share the session: it must carry nothing between them.
+                session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+                # No retries here: a failed call fails the attempt, and the task retries with backoff.
+                adapter = HTTPAdapter(pool_connections=2, pool_maxsize=POOL_SIZE, max_retries=0)
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                _sessions[pid] = session
+    return session
+
+
 def fetch_checkout(settings: Settings, checkout_id: str) -> Checkout:
     """GET the checkout; 404 is final, connection errors and 5xx are retryable."""
     url = f"{str(settings.checkout_service_url).rstrip('/')}/api/checkouts/getCheckout/{checkout_id}"
     try:
-        response = requests.get(url, timeout=settings.checkout_timeout_seconds)
+        response = _session().get(url, timeout=settings.checkout_timeout_seconds)
     except requests.RequestException as exc:
         raise CheckoutUnavailable(f"The checkout service did not answer: {type(exc).__name__}") from exc
     if response.status_code == 404:

@@ -1,14 +1,21 @@
 """The payment-accepted event, published at least once for every charged payment.
 
-The charge publishes right after the payment is charged; a periodic task
+A charged payment is stored with ``acceptedEventPublished: false``: that
+flag is the outbox.  The charge hands the event to its process's publisher
+thread (:func:`publish_soon`) and ends without waiting for Kafka; the thread
+publishes it and sets the flag once Kafka acknowledged it.  A periodic task
 (``outbox.publish_accepted``, run by Celery beat) publishes any charged
-payment whose event Kafka has not acknowledged yet, so a Kafka outage delays
-events but loses none.  Only charged payments are ever announced.
+payment whose flag is still unset after a few seconds (the process died with
+the event queued, or Kafka was away), so an outage or a crash delays events
+but loses none.  Only charged payments are ever announced.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -63,6 +70,69 @@ def try_publish_accepted(settings: Settings, payment: Payment) -> bool:
         _paused_until = time.monotonic() + PAUSE_AFTER_FAILURE_SECONDS
         log.warning("payment-accepted event of %s left in the outbox: %s", payment.id, exc.detail)
         return False
+
+
+#: Events waiting for a process's publisher thread at most; more are left to the periodic task.
+MAX_BACKLOG = 1000
+
+_publisher_lock = threading.Lock()
+_publisher: tuple[int, queue.Queue[tuple[Settings, Payment]]] | None = None
+
+
+def publish_soon(settings: Settings, payment: Payment) -> bool:
+    """Hand a charged payment's event to this process's publisher thread; False if left to the outbox task.
+
+    Call it only once the payment is stored as charged with its flag unset:
+    then whatever becomes of the thread's queue (the process is killed or
+    stops), the periodic task publishes the event.
+    """
+    if time.monotonic() < _paused_until:
+        return False
+    try:
+        _publisher_queue().put_nowait((settings, payment))
+    except queue.Full:
+        return False
+    return True
+
+
+def _publisher_queue() -> queue.Queue[tuple[Settings, Payment]]:
+    global _publisher  # noqa: PLW0603 - one publisher thread per process is process state
+    pid = os.getpid()
+    publisher = _publisher
+    if publisher is None or publisher[0] != pid:  # none yet, or the parent's (threads do not survive a fork)
+        with _publisher_lock:
+            publisher = _publisher
+            if publisher is None or publisher[0] != pid:
+                events: queue.Queue[tuple[Settings, Payment]] = queue.Queue(MAX_BACKLOG)
+                threading.Thread(
+                    target=_publish_forever, args=(events,), name="accepted-events", daemon=True
+                ).start()
+                publisher = _publisher = (pid, events)
+    return publisher[1]
+
+
+def _publish_forever(events: queue.Queue[tuple[Settings, Payment]]) -> None:
+    while True:
+        settings, payment = events.get()
+        try:
+            try_publish_accepted(settings, payment)
+        except Exception:  # the database did not take the flag: the event is published again later
+            log.exception("payment-accepted event of %s: not marked published", payment.id)
+        finally:
+            events.task_done()
+
+
+def wait_for_publisher(timeout: float) -> bool:
+    """Wait until the events handed over so far were published or left to the outbox; False on timeout."""
+    publisher = _publisher
+    if publisher is None or publisher[0] != os.getpid():
+        return True
+    deadline = time.monotonic() + timeout
+    while publisher[1].unfinished_tasks:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def publish_pending(settings: Settings, older_than_seconds: float = 5.0, limit: int = 500) -> int:

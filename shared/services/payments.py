@@ -79,22 +79,30 @@ def charge(settings: Settings, job: Job) -> dict[str, Any]:
     job_id = str(job.id)
     # By the unique checkoutId alone: the local MongoDB-protocol server uses an
     # index only for a filter on exactly its fields (the job is checked here).
-    payment = Payment.objects(checkoutId=checkout_id).first()
-    if payment is not None and payment.jobId != job_id:
-        payment = None
-    if payment is None:
-        payment = _claim(settings, job, checkout_id, card_id, owner)
+    # A job's first attempt goes straight to the claim, whose insert finds any
+    # payment of the checkout anyway (a later attempt usually resumes one).
+    found: Payment | None = Payment.objects(checkoutId=checkout_id).first() if job.attempts != 1 else None
+    card: Card | None = None
+    if found is None or found.jobId != job_id:
+        payment, card = _claim(settings, job, checkout_id, card_id, owner, existing=found)
         failpoint(settings, "charge.after_claim", job_id)
+    else:
+        payment = found
+    # Whether the payment in hand is as stored: each write below that matched
+    # is applied to it too, so it is read again only when one did not.
+    known = True
     if payment.state == PaymentState.PENDING:
         failpoint(settings, "charge.before_debit", job_id)
-        if _decide_debit(payment, job_id):
+        if _decide_debit(payment, job_id, card):
             failpoint(settings, "charge.after_debit", job_id)
-            _record_and_mark_charged(payment, job_id)
+            known = _record_and_mark_charged(payment, job_id)
             failpoint(settings, "charge.after_charged", job_id)
         else:
-            _end_pending(payment.id, job_id, PaymentState.FAILED)
+            known = False  # the reason is read from the card when the payment says failed
+            _end_pending(payment, job_id, PaymentState.FAILED)
     debited_card = payment.creditCardId  # this job's card (a later job may pay with another)
-    payment.reload()
+    if not known:
+        payment.reload()
     if payment.jobId == job_id and payment.state == PaymentState.PENDING:  # pragma: no cover - decided above
         raise CardContended(f"The debit of payment {payment.id} is not recorded yet.")
     # The outcome is on the payment now (or the payment went on to another job
@@ -103,12 +111,25 @@ def charge(settings: Settings, job: Job) -> dict[str, Any]:
     if payment.jobId != job_id or payment.state == PaymentState.FAILED:
         raise _no_debit_reason(payment)
     if not payment.acceptedEventPublished:
-        outbox.try_publish_accepted(settings, payment)
+        outbox.publish_soon(settings, payment)
     return payment_view(payment)
 
 
-def _claim(settings: Settings, job: Job, checkout_id: str, card_id: str, owner: str) -> Payment:
-    existing = Payment.objects(checkoutId=checkout_id).first()
+#: What the claim reads of the card: the payment's copy of it, and what a debit decision depends on.
+_CLAIM_CARD_FIELDS = ("cardHolderName", "last4", "expireDate", *card_ops.DECISION_FIELDS)
+
+
+def _claim(
+    settings: Settings, job: Job, checkout_id: str, card_id: str, owner: str, *, existing: Payment | None
+) -> tuple[Payment, Card | None]:
+    """Claim the checkout for ``job``; the payment, and the card as read before a new payment existed.
+
+    ``existing`` is the checkout's payment as the caller read it (another
+    job's).  The card is returned only with a payment inserted here: read
+    before that payment existed, nothing can have decided on the card for it
+    since without moving the card's version, so the debit decision can start
+    from this read (one read of the card and one of the payment fewer).
+    """
     if existing is not None and existing.state != PaymentState.FAILED:
         if existing.userId != owner:
             raise CheckoutNotFound(f"No checkout {checkout_id}.")
@@ -120,7 +141,7 @@ def _claim(settings: Settings, job: Job, checkout_id: str, card_id: str, owner: 
     if not checkout.isActive:
         raise AlreadyPaid("This checkout is no longer active: it was already paid.")
     # By _id alone (an index), the owner and the deletion checked here.
-    card = Card.objects(id=card_id).exclude("debits", "credits", "inflight").first()
+    card = Card.objects(id=card_id).only("cardUserId", *_CLAIM_CARD_FIELDS).first()
     if card is None or card.cardUserId != owner or card.deletedAt is not None:
         raise CardNotFound(f"No card {card_id}.")
     if is_expired(card.expireDate, datetime.now(UTC).date()):
@@ -130,14 +151,16 @@ def _claim(settings: Settings, job: Job, checkout_id: str, card_id: str, owner: 
     payment.token = PaymentToken.of(payment).dump()
     try:
         payment.save(force_insert=True)
-        return payment
+        return payment, card
     except NotUniqueError:
         pass
     # Another job holds the checkout, unless its charge failed: then take it over.
-    taken = _take_over_failed(checkout_id, fields)
+    # Never this job's own failed charge: its refusal was decided once, for good.
+    _take_over_failed(checkout_id, fields)
     current = Payment.objects(checkoutId=checkout_id).first()
-    if taken and current is not None and current.jobId == str(job.id):
-        return current
+    if current is not None and current.jobId == str(job.id):
+        # Taken over just now, or claimed by another run of this job (a duplicate message): resume it.
+        return current, None
     if current is None:  # pragma: no cover - a payment is never removed
         raise CheckoutNotFound(f"No checkout {checkout_id}.")
     raise _already_paid(current)
@@ -155,7 +178,7 @@ def _take_over_failed(checkout_id: str, fields: dict[str, Any]) -> bool:
         if got is None:
             return False
         _, token = got
-        if token.state != PaymentState.FAILED:
+        if token.state != PaymentState.FAILED or token.job_id == fields["jobId"]:
             return False
         new = token.next(
             state=PaymentState.PENDING,
@@ -171,22 +194,28 @@ def _take_over_failed(checkout_id: str, fields: dict[str, Any]) -> bool:
     raise CardContended(f"The payment of checkout {checkout_id} kept changing; the charge will be retried.")
 
 
-def _end_pending(payment_id: Any, job_id: str, state: PaymentState, **changes: Any) -> bool:
+def _end_pending(payment: Payment, job_id: str, state: PaymentState, **changes: Any) -> bool:
     """Move the payment from ``pending`` under ``job_id`` to ``state``; True if this update did.
 
     Decided from the token alone; nothing is written if the payment is not
-    (any more) this job's pending payment.
+    (any more) this job's pending payment.  The token in hand is tried first
+    (the filter on it makes that safe however old it is), then the stored one.
     """
+    token = PaymentToken.load(payment.token) if payment.token else None
     for _ in range(payment_tokens.MAX_ATTEMPTS):
-        got = payment_tokens.read(payment_id, "id")
-        if got is None:
-            return False
-        _, token = got
-        if token.state != PaymentState.PENDING or token.job_id != job_id:
-            return False
-        if payment_tokens.write(token, token.next(state=state), set__state=state, **changes):
+        if token is None or token.state != PaymentState.PENDING or token.job_id != job_id:
+            got = payment_tokens.read(payment.id, "id")
+            if got is None:
+                return False
+            _, token = got
+            if token.state != PaymentState.PENDING or token.job_id != job_id:
+                return False
+        new = token.next(state=state)
+        if payment_tokens.write(token, new, set__state=state, **changes):
+            payment.token = new.dump()
             return True
-    raise CardContended(f"Payment {payment_id} kept changing; the charge will be retried.")
+        token = None
+    raise CardContended(f"Payment {payment.id} kept changing; the charge will be retried.")
 
 
 def _payment_fields(checkout: Checkout, card: Card, owner: str, job_id: str) -> dict[str, Any]:
@@ -227,25 +256,33 @@ def _debit_names(payment_id: str, job_id: str) -> tuple[str, str]:
     return f"debit:{payment_id}:{job_id}", f"nodebit:{payment_id}:{job_id}"
 
 
-def _decide_debit(payment: Payment, job_id: str) -> bool:
+def _decide_debit(payment: Payment, job_id: str, card_before_claim: Card | None = None) -> bool:
     """Take the total off the card, or refuse to, once per job; True if taken.
 
     The card is read first, the payment after it: a decision's name is pulled
     from the card only once the payment records the outcome, so a name that
     is gone is found there.  The conditional update repeats the card's
-    version, so it cannot apply after another run decided.
+    version, so it cannot apply after another run decided.  A card read
+    before this payment was inserted (``card_before_claim``) may stand for
+    the first read: no decision on this payment can be older than the
+    payment, and any newer one moved the version, so the first update then
+    matches nothing and the loop reads both again.
     """
     payment_id = str(payment.id)
     applied, refused = _debit_names(payment_id, job_id)
     total = money(payment.totalPrice)
     legacy = {"debits__ne": payment_id}  # a debit marked by an earlier version of this code
     for attempt in range(card_ops.MAX_ATTEMPTS):
-        card = card_ops.read(payment.creditCardId)
-        if card is None:  # pragma: no cover - a card is never removed, only marked deleted
-            return False
-        known = _debit_outcome(card, payment, job_id, check_legacy=attempt > 0)
-        if known is not None:
-            return known
+        card: Card | None
+        if attempt == 0 and card_before_claim is not None:
+            card = card_before_claim
+        else:
+            card = card_ops.read(payment.creditCardId)
+            if card is None:  # pragma: no cover - a card is never removed, only marked deleted
+                return False
+            known = _debit_outcome(card, payment, job_id, check_legacy=attempt > 0)
+            if known is not None:
+                return known
         if card.deletedAt is None and money(card.money) >= total:
             if card_ops.decide(
                 card,
@@ -287,7 +324,8 @@ def _no_debit_reason(payment: Payment) -> ServiceError:
     return InsufficientFunds(f"The card holds less than {money(payment.totalPrice)}.")
 
 
-def _record_and_mark_charged(payment: Payment, job_id: str) -> None:
+def _record_and_mark_charged(payment: Payment, job_id: str) -> bool:
+    """Write the ledger entry and mark the payment charged; True if this call marked it (and ``payment``)."""
     with contextlib.suppress(NotUniqueError):  # recorded by an earlier attempt
         LedgerEntry(
             id=f"debit:{payment.id}",
@@ -296,7 +334,10 @@ def _record_and_mark_charged(payment: Payment, job_id: str) -> None:
             amount=money(payment.totalPrice),
             paymentId=str(payment.id),
         ).save(force_insert=True)
-    _end_pending(payment.id, job_id, PaymentState.CHARGED, set__paymentStatus=True)
+    marked = _end_pending(payment, job_id, PaymentState.CHARGED, set__paymentStatus=True)
+    if marked:
+        payment.state, payment.paymentStatus = PaymentState.CHARGED, True
+    return marked
 
 
 def visible_payment(principal: Principal, payment_id: str) -> Payment:

@@ -85,3 +85,35 @@ def test_a_charge_failed_by_one_run_is_not_debited_by_another_run_holding_it_pen
     assert payment.state == PaymentState.FAILED
     assert Card.objects.get(id=card["id"]).money == Decimal("100.00")
     assert LedgerEntry.objects(paymentId=str(payment.id), kind="debit").count() == 0
+
+
+def test_a_duplicate_delivery_of_a_charge_does_not_reopen_the_charge_another_delivery_failed(
+    settings: Settings, client: Client, seed_checkout: Callable[..., dict[str, Any]]
+) -> None:
+    card = client.add_card(money=10)
+    checkout = seed_checkout(client.user_id, total="50.00")
+    job, _ = jobs.submit(
+        DyingWebProcess(),
+        job_type="payment.pay",
+        owner=client.user_id,
+        params={"checkoutId": checkout["_id"], "cardId": card["id"]},
+        resource_id=None,
+        req_hash=uuid.uuid4().hex,
+        idempotency_key=None,
+    )
+    # The job's message delivered twice (sent again while the first copy waited): both
+    # start; the second runs to its end first and finds too little money.
+    first, second = jobs.start(str(job.id)), jobs.start(str(job.id))
+    assert first is not None
+    assert second is not None
+    assert (first.attempts, second.attempts) == (1, 2)
+    with pytest.raises(InsufficientFunds):
+        payments.charge(settings, second)
+    # Money arrives, then the first copy runs its claim: it must find the refusal, not debit.
+    Card.objects(id=card["id"]).update_one(inc__money=Decimal("100.00"), inc__version=1)
+    with pytest.raises(InsufficientFunds):
+        payments.charge(settings, first)
+    payment = Payment.objects.get(checkoutId=checkout["_id"])
+    assert payment.state == PaymentState.FAILED
+    assert Card.objects.get(id=card["id"]).money == Decimal("110.00")
+    assert LedgerEntry.objects(paymentId=str(payment.id), kind="debit").count() == 0

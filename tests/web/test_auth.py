@@ -26,9 +26,9 @@ from jwt.warnings import InsecureKeyLengthWarning
 from pymongo.database import Database
 
 from shared.settings import Settings
-from tests.conftest import TEST_ENV, make_settings
+from tests.environment import TEST_ENV, make_settings
+from tests.helpers import API, Client, jobs_of, luhn_number, token_for
 from tests.support import ServedApp
-from tests.web.conftest import API, Client, jobs_of, luhn_number, token_for
 from web import create_app
 
 #: The ``seed_checkout`` fixture: puts a checkout in the stand-in checkout service.
@@ -444,9 +444,9 @@ def test_a_service_token_may_read_but_not_delete_another_users_payment(
 
 
 @pytest.fixture(scope="module")
-def loopback_trusted_api(settings: Settings, celery_app: Any, api: ServedApp) -> Iterator[ServedApp]:
+def loopback_trusted_api(settings: Settings, payment_celery: Any, api: ServedApp) -> Iterator[ServedApp]:
     """A second app that lets loopback read /find without a token."""
-    served = ServedApp(create_app(make_settings(FIND_TOKENLESS_NETWORKS="127.0.0.0/8"), celery_app))
+    served = ServedApp(create_app(make_settings(FIND_TOKENLESS_NETWORKS="127.0.0.0/8"), payment_celery))
     yield served
     served.close()
 
@@ -517,9 +517,9 @@ def test_a_bad_token_on_find_from_an_allowed_network_is_still_401(
 
 
 def test_a_forwarded_for_header_does_not_make_a_caller_trusted(
-    owned: Owned, settings: Settings, celery_app: Any
+    owned: Owned, settings: Settings, payment_celery: Any
 ) -> None:
-    served = ServedApp(create_app(make_settings(FIND_TOKENLESS_NETWORKS="10.0.0.0/8"), celery_app))
+    served = ServedApp(create_app(make_settings(FIND_TOKENLESS_NETWORKS="10.0.0.0/8"), payment_celery))
     try:
         response = requests.get(
             f"{served.url}{API}/find/{owned.payment['id']}",

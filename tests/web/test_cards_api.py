@@ -28,8 +28,8 @@ from shared.keys import request_hash_key
 from shared.pan import fingerprint
 from shared.services.jobs import request_hash
 from shared.settings import Settings
-from tests.conftest import TEST_ENV
-from tests.web.conftest import API, Client, jobs_of, luhn_number
+from tests.environment import TEST_ENV
+from tests.helpers import API, Client, jobs_of, luhn_number
 
 #: The ``seed_checkout`` fixture: puts a checkout in the stand-in checkout service.
 SeedCheckout = Callable[..., dict[str, Any]]

@@ -22,9 +22,9 @@ from shared.errors import InsufficientFunds, ServiceError
 from shared.models import Card, Job, LedgerEntry, Payment, PaymentState
 from shared.services import jobs, payments, refunds
 from shared.settings import Settings
-from tests.conftest import make_settings
+from tests.environment import make_settings
+from tests.helpers import Client
 from tests.support import wait_until
-from tests.web.conftest import Client
 
 
 class DyingWebProcess:

@@ -11,7 +11,7 @@ import pytest
 from bson import ObjectId
 
 from shared.models import Card, LedgerEntry, Payment, PaymentState
-from tests.web.conftest import Client, luhn_number
+from tests.helpers import Client, luhn_number
 
 
 def dec(value: Any) -> Decimal:
@@ -239,7 +239,7 @@ def test_fifty_concurrent_pays_on_a_card_with_money_for_ten_make_exactly_ten(
 def test_waiting_clients_hold_at_most_half_the_server_threads(settings) -> None:
     import time
 
-    from tests.conftest import RUN_ID, make_settings
+    from tests.environment import RUN_ID, make_settings
     from tests.support import ServedApp
     from web import create_app
     from workers.app import create_celery

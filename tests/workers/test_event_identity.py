@@ -20,9 +20,9 @@ from kafka.errors import TopicAlreadyExistsError
 from shared.kafka import ensure_topics
 from shared.models import Card, LedgerEntry, Payment, RefundEvent
 from shared.settings import Settings
-from tests.conftest import make_settings
+from tests.environment import make_settings
+from tests.helpers import Client
 from tests.support import wait_until
-from tests.web.conftest import Client
 from tests.workers.kafka_support import bridge_process, kcat_produce
 
 
@@ -60,7 +60,7 @@ def recreate(settings: Settings, topic: str) -> None:
 @pytest.mark.slow
 def test_a_refund_on_a_recreated_topic_at_a_reused_offset_is_a_new_refund(
     isolated: Settings,
-    celery_worker: Any,
+    payment_worker: Any,
     client: Client,
     seed_checkout: Callable[..., dict[str, Any]],
 ) -> None:

@@ -32,7 +32,7 @@ from shared.models import Job
 from shared.models.base import utcnow
 from shared.services import cards, payments, reconcile, refunds
 from shared.settings import Settings
-from tests.conftest import ROOT, RUN_ID, TEST_ENV
+from tests.environment import ROOT, RUN_ID, TEST_ENV
 from tests.support import ServedApp
 
 MONGO_BASE = TEST_ENV["MONGO_URL"].rsplit("/", 1)[0]

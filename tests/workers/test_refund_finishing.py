@@ -21,9 +21,9 @@ from kafka.admin import NewTopic
 from shared.models import Card, LedgerEntry, Payment, RefundEvent
 from shared.services import inbox
 from shared.settings import Settings
-from tests.conftest import make_settings
+from tests.environment import make_settings
+from tests.helpers import Client
 from tests.support import wait_until
-from tests.web.conftest import Client
 from tests.workers.kafka_support import read_topic
 from workers.app import create_celery
 from workers.tasks.refunds import MAX_RETRIES

@@ -70,8 +70,19 @@ class CheckoutFactory(factory.DictFactory):
     products = factory.LazyFunction(lambda: [ProductFactory(productId="p-1")])
 
 
+class CardJobParamsFactory(factory.DictFactory):
+    """The params of a card.add job as the API stores them: no number, no CVV, a fresh fingerprint."""
+
+    cardHolderName = "Ada Lovelace"
+    fingerprint = factory.LazyFunction(lambda: f"fp-{ObjectId()}")
+    last4 = "4242"
+    brand = "visa"
+    expireDate = "12/39"
+    money = "10.00"
+
+
 class JobFactory(MongoEngineFactory):  # type: ignore[misc]
-    """A job document as the API accepts it: queued, of some user, nothing done yet."""
+    """A card.add job as the API accepts it: queued, of some user, its card not stored yet."""
 
     class Meta:
         model = Job
@@ -80,5 +91,5 @@ class JobFactory(MongoEngineFactory):  # type: ignore[misc]
     type = "card.add"
     ownerId = factory.LazyFunction(object_id)
     status = JobStatus.QUEUED
-    params: Any = factory.LazyFunction(dict)
+    params: Any = factory.SubFactory(CardJobParamsFactory)
     resourceId = factory.LazyFunction(object_id)

@@ -18,6 +18,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from devstack import servers as devstack_servers
+from shared import db
 from shared.settings import Settings
 from tests import helpers
 from tests.environment import RUN_ID, TEST_ENV, make_settings, start_worker, stop_worker
@@ -35,6 +36,12 @@ def mongo(servers: None) -> Iterator[Database[dict[str, Any]]]:
         yield client.get_default_database()
     finally:
         client.close()
+
+
+@pytest.fixture
+def documents(settings: Settings) -> None:
+    """This process's MongoEngine connection to the run's database, for tests that store documents."""
+    db.connect(settings)
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,27 @@ from tests.support import wait_until
 
 API = "/api/payment"
 
+#: Every task of the service, with the queue its messages go to: public names
+#: (the API, the bridge and beat send them by name; routes match their prefixes).
+PUBLIC_TASKS = {
+    "cards.add": "cards",
+    "cards.delete": "cards",
+    "payments.charge": "payments",
+    "payments.delete": "payments",
+    "refunds.refund_order": "refunds",
+    "refunds.refund_product": "refunds",
+    "outbox.publish_accepted": "maintenance",
+    "jobs.requeue_stale": "maintenance",
+    "jobs.requeue_unstarted": "maintenance",
+    "jobs.purge_expired": "maintenance",
+    "maintenance.reconcile": "maintenance",
+    "system.ping": "maintenance",
+}
+
+
 __all__ = [
     "API",
+    "PUBLIC_TASKS",
     "Client",
     "SeedCheckout",
     "jobs_of",

@@ -696,7 +696,7 @@ def test_the_build_context_keeps_what_the_dockerfile_copies(path: str) -> None:
         ".git/config",
         ".venv/bin/python",
         ".stack/mongo/db",
-        "tests/test_compose.py",
+        "tests/unit/test_compose.py",
         "shared/__pycache__/settings.cpython-311.pyc",
     ],
 )

@@ -21,7 +21,7 @@ from shared.kafka import ensure_topics
 from shared.models import Card, LedgerEntry, Payment, RefundEvent
 from shared.settings import Settings
 from tests.environment import make_settings
-from tests.helpers import Client
+from tests.helpers import Client, pay_new_checkout
 from tests.support import wait_until
 from tests.workers.kafka_support import bridge_process, kcat_produce
 
@@ -65,8 +65,7 @@ def test_a_refund_on_a_recreated_topic_at_a_reused_offset_is_a_new_refund(
     seed_checkout: Callable[..., dict[str, Any]],
 ) -> None:
     card = client.add_card(money=100)
-    checkout = seed_checkout(client.user_id, total="59.97")
-    payment = client.wait(client.pay(checkout["_id"], card["id"]))["result"]
+    payment = pay_new_checkout(client, seed_checkout, card["id"], total="59.97")["result"]
     event = {"productId": "p-1", "price": 19.99, "paymentId": payment["id"]}
     topic = isolated.topic(isolated.topic_product_refunded)
 

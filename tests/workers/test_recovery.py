@@ -11,7 +11,7 @@ from bson import ObjectId
 
 from shared.models import Card, Job, LedgerEntry, Payment, PaymentState, RefundEvent
 from shared.services import inbox, jobs
-from tests.helpers import Client
+from tests.helpers import Client, pay_new_checkout
 from tests.support import wait_until
 
 
@@ -85,8 +85,7 @@ def test_a_refund_event_whose_task_was_lost_is_sent_again_from_the_inbox(
     client: Client, payment_celery: Any, seed_checkout: Callable[..., dict[str, Any]]
 ) -> None:
     card = client.add_card(money=100)
-    checkout = seed_checkout(client.user_id, total="59.97")
-    payment = client.wait(client.pay(checkout["_id"], card["id"]))["result"]
+    payment = pay_new_checkout(client, seed_checkout, card["id"], total="59.97")["result"]
     event_id = f"lost-topic:0:{ObjectId()}"
     kwargs = {"event_id": event_id, "payment_id": payment["id"], "product_id": "p-1", "price": "19.99"}
     inbox.hand_over(DyingWebProcess(), event_id, "refunds.refund_product", kwargs)  # the message is lost

@@ -19,7 +19,8 @@ import pytest
 from shared.models import Card, LedgerEntry, Payment, RefundEvent
 from shared.services import inbox
 from shared.settings import Settings
-from tests.helpers import Client
+from tests import helpers
+from tests.helpers import Client, pay_new_checkout
 from tests.support import wait_until
 from tests.workers.kafka_support import SteadyProducer, bridge_process, handed_over, kcat_produce, read_topic
 
@@ -40,11 +41,7 @@ def paid(client: Client, seed_checkout: Callable[..., dict[str, Any]]) -> Callab
     """A charged payment of ``client`` (the card starts with 100.00)."""
 
     def pay(products: list[dict[str, Any]] = PRODUCTS, total: str = "69.97") -> dict[str, Any]:
-        card = client.add_card(money=100)
-        checkout = seed_checkout(client.user_id, total=total, products=products)
-        job = client.wait(client.pay(checkout["_id"], card["id"]))
-        assert job["status"] == "succeeded", job
-        payment: dict[str, Any] = job["result"]
+        _card, payment = helpers.paid(client, seed_checkout, total=total, products=products)
         return payment
 
     return pay
@@ -431,8 +428,7 @@ def test_a_worker_killed_mid_refund_is_redelivered_and_credits_once(
     world = world_factory(failpoints=point)
     client = Client(world.api.url)
     card = client.add_card(money=100)
-    checkout = seed_checkout(client.user_id, total="69.97", products=PRODUCTS)
-    payment = client.wait(client.pay(checkout["_id"], card["id"]))["result"]
+    payment = pay_new_checkout(client, seed_checkout, card["id"], total="69.97", products=PRODUCTS)["result"]
     event_id = f"{settings.topic(settings.topic_product_refunded)}:1:{uuid.uuid4().int % 10**9}"
     kwargs = {"event_id": event_id, "payment_id": payment["id"], "product_id": "p-1", "price": "19.99"}
     inbox.hand_over(world.celery, event_id, "refunds.refund_product", kwargs)  # as the bridge does

@@ -21,7 +21,7 @@ import pytest
 from shared.models import Card, Payment
 from shared.pan import luhn_valid
 from shared.settings import Settings
-from tests.helpers import Client
+from tests.helpers import Client, pay_new_checkout
 from tests.support import wait_until
 from tests.workers.kafka_support import bridge_process, kcat_produce, read_topic
 
@@ -53,9 +53,7 @@ def pay(
     number: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     card = client.add_card(money=money, number=number)
-    checkout = seed_checkout(client.user_id, total=total, products=products)
-    job = client.wait(client.pay(checkout["_id"], card["id"]))
-    return card, job
+    return card, pay_new_checkout(client, seed_checkout, card["id"], total=total, products=products)
 
 
 def balance(card_id: str) -> Decimal:

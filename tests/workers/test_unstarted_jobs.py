@@ -8,36 +8,17 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from bson import ObjectId
-
 from shared.models import Card, Job, JobStatus
 from shared.models.base import utcnow
 from shared.services import jobs
+from tests.factories import JobFactory
 from tests.support import ServedApp, wait_until
 
 
 def lost_card_job(age_seconds: float, status: JobStatus = JobStatus.QUEUED) -> Job:
     """A card.add job accepted ``age_seconds`` ago whose task message never reached a worker."""
     at = utcnow() - timedelta(seconds=age_seconds)
-    params = {
-        "cardHolderName": "Ada Lovelace",
-        "fingerprint": f"fp-{ObjectId()}",
-        "last4": "4242",
-        "brand": "visa",
-        "expireDate": "12/39",
-        "money": "10.00",
-    }
-    job = Job(
-        id=ObjectId(),
-        type="card.add",
-        ownerId=str(ObjectId()),
-        params=params,
-        resourceId=str(ObjectId()),
-        status=status,
-        createdAt=at,
-        updatedAt=at,
-    )
-    job.save(force_insert=True)
+    job: Job = JobFactory(status=status, createdAt=at, updatedAt=at)
     return job
 
 
@@ -67,7 +48,7 @@ def test_a_job_never_started_before_a_broker_restart_is_sent_again_and_ends(
 
 
 def test_a_job_waiting_in_a_long_queue_of_a_broker_that_did_not_restart_is_not_sent_twice(
-    payment_celery: Any, payment_worker: Any
+    payment_celery: Any, payment_worker: Any, documents: None
 ) -> None:
     waiting = lost_card_job(age_seconds=300)
     broker_up_since = utcnow() - timedelta(hours=1)

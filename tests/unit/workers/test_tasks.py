@@ -18,24 +18,9 @@ from celery.exceptions import TimeoutError as ResultTimeout
 import celeryconfig
 from shared.services import jobs
 from tests.environment import make_settings
+from tests.helpers import PUBLIC_TASKS
 from workers import bridge
 from workers.app import TASK_MODULES, PaymentTask
-
-#: Every task of the service, with the queue its messages go to.
-PUBLIC_TASKS = {
-    "cards.add": "cards",
-    "cards.delete": "cards",
-    "payments.charge": "payments",
-    "payments.delete": "payments",
-    "refunds.refund_order": "refunds",
-    "refunds.refund_product": "refunds",
-    "outbox.publish_accepted": "maintenance",
-    "jobs.requeue_stale": "maintenance",
-    "jobs.requeue_unstarted": "maintenance",
-    "jobs.purge_expired": "maintenance",
-    "maintenance.reconcile": "maintenance",
-    "system.ping": "maintenance",
-}
 
 #: Tasks that are idempotent: acknowledged after they ran, redelivered if their worker dies.
 ACK_LATE = {"cards.add", "cards.delete", "payments.charge", "payments.delete"} | {

@@ -22,6 +22,9 @@ from tests.factories import AddCardBodyFactory
 from tests.helpers import API, token_for
 from web import create_app
 
+#: A fixed id: test ids must be the same in every process of an xdist run.
+AN_ID = "65a1f0c2e4b0a1b2c3d4e5f6"
+
 
 class _NoBroker:
     """A Celery stand-in that fails the test if a route sends a task."""
@@ -67,9 +70,9 @@ def test_healthz_answers_with_no_server(http: FlaskClient) -> None:
     ("method", "path"),
     [
         ("POST", "/add"),
-        ("GET", f"/get/{ObjectId()}"),
-        ("POST", f"/pay/{ObjectId()}"),
-        ("GET", f"/jobs/{ObjectId()}"),
+        ("GET", f"/get/{AN_ID}"),
+        ("POST", f"/pay/{AN_ID}"),
+        ("GET", f"/jobs/{AN_ID}"),
     ],
 )
 def test_a_route_without_a_token_is_a_401_that_asks_for_one(

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN_RECORD := .stack/run/test-started-$(shell date +%s)-$$$$
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev stack-up stack-down stack-status test test-fast lint format token bench bench-history clean
+.PHONY: help install dev stack-up stack-down stack-status test test-unit test-smoke test-fast lint format token bench bench-history clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -38,6 +38,15 @@ test: install ## start the servers that are not running, run every test, stop wh
 	$(PY) -m devstack up --record $$record || { $(PY) -m devstack down --record $$record; exit 1; }; \
 	$(PY) -m pytest -n 2 --dist loadgroup --cov --cov-report=term:skip-covered $(PYTEST_ARGS); rc=$$?; \
 	$(PY) -m devstack down --record $$record; exit $$rc
+
+# Closed loopback ports: a unit test that reaches a server fails rather than passing by luck.
+UNIT_ENV := DEVSTACK_REDIS_PORT=1 DEVSTACK_KAFKA_PORT=2 DEVSTACK_MONGO_PORT=3
+
+test-unit: $(STAMP) ## the unit tests (tests/unit), with no server at all
+	$(UNIT_ENV) $(PY) -m pytest -n 2 tests/unit $(PYTEST_ARGS)
+
+test-smoke: $(STAMP) ## the worker image on pytest-celery's containers (skips without a Docker engine)
+	$(PY) -m pytest tests/smoke $(PYTEST_ARGS)
 
 test-fast: ## the tests not marked slow, against running servers
 	$(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)

@@ -40,7 +40,7 @@ class ConfigurationError(Exception):
 
 #: Secrets that are public because the repository holds them (.env.example,
 #: the test suite's environment, devstack's secure stack).  Production refuses
-#: them; tests/test_settings.py keeps this list in step with those files.
+#: them; tests/unit/shared/test_settings.py keeps this list in step with those files.
 DEVELOPMENT_SECRETS = frozenset(
     {
         "dev-only-jwt-secret-change-me-0123456789",

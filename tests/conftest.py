@@ -1,78 +1,43 @@
 """Fixtures of the whole suite: one isolated world per test process.
 
-The servers (Redis, MongoDB-protocol server, Kafka) are started by ``make
-test`` before pytest runs.  Each pytest process (each xdist worker) gets its
-own database, Redis key prefix and Kafka topic prefix, so two runs, or two
-workers of one run, never see each other's data.  Celery tasks run in a real
-worker subprocess against the real broker.
+Two kinds of tests share this root.  ``tests/unit/`` needs no server at all
+(``make test-unit``).  The integration tests talk to the real servers (Redis,
+the MongoDB-protocol server, Kafka), which ``make test`` starts before pytest
+runs; a fixture that needs them asks for ``servers``, and nothing else does,
+so a unit test never waits on or exits for a server.  Each pytest process gets
+its own database, Redis key prefix and Kafka topic prefix (``tests.environment``).
+Celery tasks of the integration suite run in real worker subprocesses
+(``payment_worker``); the names ``celery_app``, ``celery_worker`` and
+``celery_session_worker`` are pytest-celery's (the unit layer and the smoke suite).
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import mongoengine
 import pytest
 import redis
 from pymongo import MongoClient
 
-from devstack import servers
+from devstack import servers as devstack_servers
 from devstack.checkout_standin import create_standin
 from shared.settings import Settings
-from tests.support import ServedApp, stop_group, wait_until
+from tests.environment import RUN_ID, TEST_ENV, make_settings, pings, start_worker, stop_worker
+from tests.support import ServedApp, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
-TEST_QUEUES = "payments,cards,refunds,maintenance"
-
-
-def _run_id() -> str:
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    return f"t{uuid.uuid4().hex[:8]}{worker}"
-
-
-RUN_ID = _run_id()
-
-#: The environment of this test process and of every process it starts.
-TEST_ENV = {
-    "PAYMENT_ENV": "test",
-    "MONGO_URL": f"mongodb://127.0.0.1:{servers.MONGO_PORT}/{RUN_ID}",
-    "JWT_SEC": "test-jwt-secret-0123456789abcdefghijkl",
-    "CARD_FINGERPRINT_KEY": "test-card-fingerprint-key-0123456789abcdef",
-    "KAFKA_URI": f"127.0.0.1:{servers.KAFKA_PORT}",
-    "CELERY_BROKER_URL": f"redis://127.0.0.1:{servers.REDIS_PORT}/0",
-    "CELERY_KEY_PREFIX": f"{RUN_ID}:",
-    "KAFKA_TOPIC_PREFIX": f"{RUN_ID}.",
-    "CELERY_VISIBILITY_TIMEOUT": "20",
-    "FLOWER_PASSWORD": "test-flower-password",
-    "LOG_LEVEL": "INFO",
-    # Tests burst on purpose (races of 50 pays by one user); the tests of the
-    # limits themselves build their API with the documented defaults.
-    "RATE_LIMIT_WRITES": "100000/minute",
-    "RATE_LIMIT_READS": "1000000/minute",
-    "OPEN_JOBS_PER_USER": "10000",
-    # Metrics servers off: many processes of many runs share loopback; the
-    # metrics tests give theirs free ports.
-    "API_METRICS_PORT": "0",
-    "BRIDGE_METRICS_PORT": "0",
-}
 os.environ.update(TEST_ENV)
 
-
-def make_settings(**overrides: object) -> Settings:
-    """Test settings; never read from a developer's .env file."""
-    return Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
+#: The API fixtures of the integration suite (the web and the worker tests).
+pytest_plugins = ["tests.fixtures"]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def stack() -> Iterator[None]:
-    """The servers must answer; ``make test`` starts them."""
-    down = [name for name, ok in servers.status().items() if not ok]
+@pytest.fixture(scope="session")
+def servers() -> Iterator[None]:
+    """The servers must answer (``make test`` starts them); this run's data is removed afterwards."""
+    down = [name for name, ok in devstack_servers.status().items() if not ok]
     if down:
         pytest.exit(f"servers not running: {down}; run `make test` or `make stack-up`", returncode=3)
     yield
@@ -95,7 +60,8 @@ def checkout_service() -> Iterator[ServedApp]:
 
 
 @pytest.fixture(scope="session")
-def settings(checkout_service: ServedApp) -> Settings:
+def settings(servers: None, checkout_service: ServedApp) -> Settings:
+    """The settings of this run's world, its servers answering."""
     return make_settings()
 
 
@@ -115,67 +81,19 @@ def topics(settings: Settings) -> Iterator[list[str]]:
 
 
 @pytest.fixture(scope="session")
-def celery_app(settings: Settings):
+def payment_celery(settings: Settings) -> Any:
+    """The service's own Celery app on this run's broker prefix (not pytest-celery's ``celery_app``)."""
     from workers.app import create_celery
 
     return create_celery(settings)
 
 
-def start_worker(
-    name: str, concurrency: int = 2, queues: str = TEST_QUEUES, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """A real Celery worker process on this run's broker prefix and database.
-
-    Its output goes to .stack/logs/test-worker-<name>-<run>.log, for a failing test's post-mortem.
-    """
-    logs = servers.STACK_DIR / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    with (logs / f"test-worker-{name}-{RUN_ID}.log").open("ab") as log:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--concurrency",
-                str(concurrency),
-                "-O",
-                "fair",
-                "-Q",
-                queues,
-                "-n",
-                f"{name}-{RUN_ID}@%h",
-                "--without-heartbeat",
-                "--without-mingle",
-            ],
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def stop_worker(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    stop_group(proc, timeout=30, sig=sig)
-
-
 @pytest.fixture(scope="session")
-def celery_worker(celery_app, checkout_service: ServedApp) -> Iterator[subprocess.Popen[bytes]]:
+def payment_worker(payment_celery: Any, checkout_service: ServedApp) -> Iterator[Any]:
+    """A real worker process (``celery -A workers.celery_app worker``) for the whole session."""
     proc = start_worker("w1")
     try:
-        wait_until(lambda: _pings(celery_app), timeout=60, message="worker answers system.ping")
+        wait_until(lambda: pings(payment_celery), timeout=60, message="worker answers system.ping")
         yield proc
     finally:
         stop_worker(proc)
-
-
-def _pings(celery_app) -> bool:
-    try:
-        return bool(celery_app.send_task("system.ping").get(timeout=2)["pong"])
-    except Exception:  # noqa: BLE001 - not up yet
-        return False

@@ -22,12 +22,15 @@ from bson import ObjectId
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.settings import Settings
-from tests.conftest import ROOT, RUN_ID, TEST_ENV, make_settings
+from tests.environment import ROOT, RUN_ID, TEST_ENV, make_settings
+from tests.helpers import Client
 from tests.support import free_port, stop_group, wait_until
-from tests.web.conftest import Client
 from tests.workers.kafka_support import kcat_produce
 from workers.app import create_celery
 from workers.metrics import QueueDepth
+
+#: A started stack on the shared servers.
+pytestmark = pytest.mark.usefixtures("servers")
 
 #: (metric family name as parsed, sample name, labels) -> value
 Samples = dict[tuple[str, str, tuple[tuple[str, str], ...]], float]
@@ -83,7 +86,7 @@ def process(argv: list[str], env: dict[str, str], name: str) -> Iterator[subproc
 
 @pytest.mark.slow
 def test_the_api_workers_and_bridge_expose_metrics_that_move_with_real_traffic(
-    settings: Settings, celery_worker: Any, topics: list[str]
+    settings: Settings, payment_worker: Any, topics: list[str]
 ) -> None:
     api_port, api_metrics, flower_port, bridge_metrics = (free_port() for _ in range(4))
     api_env = {

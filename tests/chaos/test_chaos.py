@@ -57,9 +57,9 @@ from shared.kafka import ensure_topics
 from shared.models.base import utcnow
 from shared.services import reconcile
 from shared.settings import Settings
-from tests.conftest import ROOT, RUN_ID, TEST_ENV, TEST_QUEUES, make_settings, start_worker, stop_worker
+from tests.environment import ROOT, RUN_ID, TEST_ENV, TEST_QUEUES, make_settings, start_worker, stop_worker
+from tests.helpers import luhn_number
 from tests.support import ServedApp, free_port, wait_until
-from tests.web.conftest import luhn_number
 from tests.workers.kafka_support import order_service_bytes, read_topic
 from tests.workers.test_accepted_events import PrivateKafka
 

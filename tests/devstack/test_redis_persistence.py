@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from devstack.servers import redis_command
-from tests.conftest import make_settings
+from tests.environment import make_settings
 from tests.support import free_port, wait_until
 from workers.app import create_celery
 

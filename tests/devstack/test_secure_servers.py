@@ -35,7 +35,7 @@ from devstack import servers
 from shared.kafka import acls, ensure_topics, grant, producer
 from shared.readiness import check_kafka, check_redis
 from shared.settings import Settings
-from tests.conftest import make_settings
+from tests.environment import make_settings
 from tests.support import free_port, stop_group, wait_until
 from workers.app import create_celery
 

@@ -10,7 +10,7 @@ import jwt
 import requests
 from bson import ObjectId
 
-from tests.conftest import ROOT, TEST_ENV
+from tests.environment import ROOT, TEST_ENV
 from tests.support import ServedApp
 
 

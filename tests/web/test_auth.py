@@ -26,13 +26,13 @@ from jwt.warnings import InsecureKeyLengthWarning
 from pymongo.database import Database
 
 from shared.settings import Settings
-from tests.conftest import TEST_ENV, make_settings
+from tests.environment import TEST_ENV, make_settings
+from tests.factories import AddCardBodyFactory
+from tests.helpers import API, Client, SeedCheckout, jobs_of, pay_new_checkout, token_for
 from tests.support import ServedApp
-from tests.web.conftest import API, Client, jobs_of, luhn_number, token_for
 from web import create_app
 
 #: The ``seed_checkout`` fixture: puts a checkout in the stand-in checkout service.
-SeedCheckout = Callable[..., dict[str, Any]]
 
 SECRET = TEST_ENV["JWT_SEC"]
 
@@ -116,14 +116,9 @@ def _tampered() -> str:
     return f"{header}.{_b64url(_claims(userType=['admin']))}.{signature}"
 
 
-def _add_card_body(number: str | None = None) -> dict[str, Any]:
-    return {
-        "cardHolderName": "Ada Lovelace",
-        "cardNumber": number or luhn_number(),
-        "expireDate": "12/39",
-        "cvv": "123",
-        "money": 100,
-    }
+def _add_card_body() -> dict[str, Any]:
+    body: dict[str, Any] = AddCardBodyFactory()
+    return body
 
 
 def _assert_unauthorized(response: requests.Response) -> None:
@@ -159,8 +154,7 @@ class Owned:
 
 def _own_resources(client: Client, seed_checkout: SeedCheckout, total: str = "10.00") -> Owned:
     card = client.add_card(money=100)
-    checkout = seed_checkout(client.user_id, total=total)
-    job = client.wait(client.pay(checkout["_id"], card["id"]))
+    job = pay_new_checkout(client, seed_checkout, card["id"], total=total)
     assert job["status"] == "succeeded", job
     return Owned(owner=client, card=card, payment=job["result"], job=job)
 
@@ -444,9 +438,9 @@ def test_a_service_token_may_read_but_not_delete_another_users_payment(
 
 
 @pytest.fixture(scope="module")
-def loopback_trusted_api(settings: Settings, celery_app: Any, api: ServedApp) -> Iterator[ServedApp]:
+def loopback_trusted_api(settings: Settings, payment_celery: Any, api: ServedApp) -> Iterator[ServedApp]:
     """A second app that lets loopback read /find without a token."""
-    served = ServedApp(create_app(make_settings(FIND_TOKENLESS_NETWORKS="127.0.0.0/8"), celery_app))
+    served = ServedApp(create_app(make_settings(FIND_TOKENLESS_NETWORKS="127.0.0.0/8"), payment_celery))
     yield served
     served.close()
 
@@ -517,9 +511,9 @@ def test_a_bad_token_on_find_from_an_allowed_network_is_still_401(
 
 
 def test_a_forwarded_for_header_does_not_make_a_caller_trusted(
-    owned: Owned, settings: Settings, celery_app: Any
+    owned: Owned, settings: Settings, payment_celery: Any
 ) -> None:
-    served = ServedApp(create_app(make_settings(FIND_TOKENLESS_NETWORKS="10.0.0.0/8"), celery_app))
+    served = ServedApp(create_app(make_settings(FIND_TOKENLESS_NETWORKS="10.0.0.0/8"), payment_celery))
     try:
         response = requests.get(
             f"{served.url}{API}/find/{owned.payment['id']}",

@@ -28,8 +28,9 @@ from shared.keys import request_hash_key
 from shared.pan import fingerprint
 from shared.services.jobs import request_hash
 from shared.settings import Settings
-from tests.conftest import TEST_ENV
-from tests.web.conftest import API, Client, jobs_of, luhn_number
+from tests.environment import TEST_ENV
+from tests.factories import AddCardBodyFactory
+from tests.helpers import API, Client, jobs_of, luhn_number, pay_new_checkout
 
 #: The ``seed_checkout`` fixture: puts a checkout in the stand-in checkout service.
 SeedCheckout = Callable[..., dict[str, Any]]
@@ -51,14 +52,11 @@ ISO_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]
 
 
 def card_body(number: Any = None, **fields: Any) -> dict[str, Any]:
-    return {
-        "cardHolderName": "Ada Lovelace",
-        "cardNumber": number or luhn_number(),
-        "expireDate": "12/39",
-        "cvv": "123",
-        "money": 100,
-        **fields,
-    }
+    """A valid add-card body (``tests.factories``), with the number and fields given."""
+    body: dict[str, Any] = AddCardBodyFactory(**fields)
+    if number is not None:
+        body["cardNumber"] = number
+    return body
 
 
 def spaced(number: str) -> str:
@@ -350,8 +348,7 @@ def test_neither_the_full_number_nor_the_cvv_is_stored_anywhere_in_the_database(
     )
     card = client.wait(response)["result"]
     # A payment too, so that every collection a card touches holds something.
-    checkout = seed_checkout(client.user_id, total="1.00")
-    assert client.wait(client.pay(checkout["_id"], card["id"]))["status"] == "succeeded"
+    assert pay_new_checkout(client, seed_checkout, card["id"], total="1.00")["status"] == "succeeded"
 
     collections = mongo.list_collection_names()
     assert {"cards", "jobs", "idempotency_keys", "payments"} <= set(collections)
@@ -491,8 +488,7 @@ def test_a_deleted_card_stays_on_record_with_its_money_movements(
     client: Client, mongo: Database[dict[str, Any]], seed_checkout: SeedCheckout
 ) -> None:
     card = client.add_card(money=100)
-    checkout = seed_checkout(client.user_id, total="12.50")
-    payment = client.wait(client.pay(checkout["_id"], card["id"]))["result"]
+    payment = pay_new_checkout(client, seed_checkout, card["id"], total="12.50")["result"]
     client.wait(client.call("DELETE", f"/delete-card/{card['id']}"))
     stored = mongo.cards.find_one({"_id": ObjectId(card["id"])})
     assert stored is not None

@@ -22,9 +22,9 @@ from shared.errors import InsufficientFunds, ServiceError
 from shared.models import Card, Job, LedgerEntry, Payment, PaymentState
 from shared.services import jobs, payments, refunds
 from shared.settings import Settings
-from tests.conftest import make_settings
+from tests.environment import make_settings
+from tests.helpers import Client, pay_new_checkout
 from tests.support import wait_until
-from tests.web.conftest import Client
 
 
 class DyingWebProcess:
@@ -41,7 +41,7 @@ def test_a_charge_failed_by_one_run_is_not_debited_by_another_run_holding_it_pen
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     card = client.add_card(money=100)
-    first = client.wait(client.pay(seed_checkout(client.user_id, total="59.97")["_id"], card["id"]))
+    first = pay_new_checkout(client, seed_checkout, card["id"], total="59.97")
     assert first["status"] == "succeeded"  # the card now holds 40.03
     checkout = seed_checkout(client.user_id, total="50.00")
     job, _ = jobs.submit(

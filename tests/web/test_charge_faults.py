@@ -16,9 +16,9 @@ from bson import ObjectId
 
 from devstack.checkout_standin import create_standin
 from shared.models import Card, Job, LedgerEntry, Payment
-from tests.conftest import stop_worker
+from tests.environment import stop_worker
+from tests.helpers import Client
 from tests.support import ServedApp, free_port, wait_until
-from tests.web.conftest import Client
 
 
 def assert_paid_once(card_id: str, payment_id: str, start: Decimal, total: Decimal) -> None:

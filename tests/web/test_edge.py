@@ -27,9 +27,9 @@ import yaml
 from bson import ObjectId
 
 from devstack import servers
-from tests.conftest import ROOT, RUN_ID
+from tests.environment import ROOT, RUN_ID
+from tests.helpers import API, token_for
 from tests.support import free_port, stop_group, wait_until
-from tests.web.conftest import API, token_for
 
 #: The one network allowed to call GET /find without a token here: a loopback
 #: address the test can send from, which nginx's own address (127.0.0.1) is not.

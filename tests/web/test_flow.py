@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from tests.web.conftest import Client
+from tests.helpers import Client
 
 
 def test_a_user_adds_a_card_pays_a_checkout_and_reads_the_payment(client: Client, seed_checkout) -> None:

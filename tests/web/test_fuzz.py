@@ -29,8 +29,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests.helpers import token_for
 from tests.support import ServedApp
-from tests.web.conftest import token_for
 from web.openapi import build_document
 
 MAX_EXAMPLES = 25

@@ -13,9 +13,9 @@ import requests
 
 from devstack import servers
 from devstack.servers import redis_command
-from tests.conftest import make_settings
+from tests.environment import make_settings
+from tests.helpers import token_for
 from tests.support import ServedApp, free_port, wait_until
-from tests.web.conftest import token_for
 from web import create_app
 
 

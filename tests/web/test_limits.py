@@ -33,9 +33,9 @@ from shared.models import Job, Payment, PaymentState
 from shared.models.base import utcnow
 from shared.services import jobs, payments
 from shared.settings import ConfigurationError, Settings, load_settings
-from tests.conftest import ROOT, RUN_ID, TEST_ENV, make_settings
+from tests.environment import ROOT, RUN_ID, TEST_ENV, make_settings
+from tests.helpers import API, Client
 from tests.support import ServedApp
-from tests.web.conftest import API, Client
 from web import create_app
 from workers.app import create_celery
 
@@ -54,12 +54,14 @@ DEFAULT_LIMITS = {
 
 
 @pytest.fixture
-def limited_api(settings: Settings, celery_app: Any, celery_worker: Any, topics: list[str]) -> Iterator[Any]:
+def limited_api(
+    settings: Settings, payment_celery: Any, payment_worker: Any, topics: list[str]
+) -> Iterator[Any]:
     """``limited_api(**settings)``: an API over HTTP with these limits, the session's worker behind it."""
     served: list[ServedApp] = []
 
     def make(**overrides: Any) -> ServedApp:
-        app = create_app(make_settings(**{**DEFAULT_LIMITS, **overrides}), celery_app)
+        app = create_app(make_settings(**{**DEFAULT_LIMITS, **overrides}), payment_celery)
         served.append(ServedApp(app))
         return served[-1]
 
@@ -318,7 +320,7 @@ def test_the_retention_is_the_setting_and_a_reopened_charge_no_longer_expires() 
 
 
 def test_expired_ended_jobs_are_purged_and_open_or_unexpired_jobs_and_payments_stay(
-    settings: Settings, celery_app: Any, celery_worker: Any
+    settings: Settings, payment_celery: Any, payment_worker: Any
 ) -> None:
     # The local stack's MongoDB-protocol server keeps TTL indexes but never
     # removes anything itself: the hourly purge does (MongoDB's monitor too).
@@ -343,7 +345,7 @@ def test_expired_ended_jobs_are_purged_and_open_or_unexpired_jobs_and_payments_s
         jobId=str(expired[0].id),
     ).save()
     assert jobs.purge_expired(limit=2) == 2
-    celery_app.send_task("jobs.purge_expired", ignore_result=False).get(timeout=30)
+    payment_celery.send_task("jobs.purge_expired", ignore_result=False).get(timeout=30)
     remaining = {str(job.id) for job in Job.objects(ownerId=owner)}
     assert remaining == {str(job.id) for job in kept}
     assert Payment.objects(id=payment.id).count() == 1

@@ -26,8 +26,8 @@ import workers
 from shared.errors import CsrfRejected, RateLimited, ServiceError
 from shared.services.views import BASE
 from shared.settings import Settings
+from tests.helpers import Client, luhn_number
 from tests.support import ServedApp
-from tests.web.conftest import Client, luhn_number
 from web import api, create_app
 from web.openapi import BODY_TOO_LARGE, DOCUMENT_PATH, ROUTE_NOT_FOUND, build_document
 from web.schemas import AddCardRequest, PayRequest
@@ -61,8 +61,8 @@ UNREACHABLE = {
 
 
 @pytest.fixture(scope="module")
-def app(settings: Settings, celery_app: Any) -> Flask:
-    return create_app(settings, celery_app)
+def app(settings: Settings, payment_celery: Any) -> Flask:
+    return create_app(settings, payment_celery)
 
 
 @pytest.fixture(scope="module")

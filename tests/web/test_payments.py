@@ -11,7 +11,7 @@ import pytest
 from bson import ObjectId
 
 from shared.models import Card, LedgerEntry, Payment, PaymentState
-from tests.web.conftest import Client, luhn_number
+from tests.helpers import Client, luhn_number, pay_new_checkout
 
 
 def dec(value: Any) -> Decimal:
@@ -85,7 +85,7 @@ def test_the_payment_copies_the_checkout_and_shows_no_card_secret(client: Client
 def test_money_is_exact_a_balance_of_0_30_pays_0_10_and_0_20_to_zero(client: Client, seed_checkout) -> None:
     card = client.add_card(money=0.3)
     for total in ("0.10", "0.20"):
-        job = client.wait(client.pay(seed_checkout(client.user_id, total=total)["_id"], card["id"]))
+        job = pay_new_checkout(client, seed_checkout, card["id"], total=total)
         assert job["status"] == "succeeded", job
     after = client.call("GET", f"/get/{card['id']}").json()
     assert after["money"] == 0
@@ -117,7 +117,7 @@ def test_an_unknown_foreign_or_deleted_card_ends_the_job_card_not_found(
     else:
         card_id = client.add_card(money=100)["id"]
         assert client.wait(client.call("DELETE", f"/delete-card/{card_id}"))["status"] == "succeeded"
-    job = client.wait(client.pay(seed_checkout(client.user_id)["_id"], card_id))
+    job = pay_new_checkout(client, seed_checkout, card_id)
     assert job["status"] == "failed"
     assert (job["error"]["status"], job["error"]["code"]) == (404, "card_not_found")
 
@@ -135,7 +135,7 @@ def test_a_second_payment_of_a_checkout_is_already_paid_with_a_link(client: Clie
 
 def test_an_inactive_checkout_is_already_paid(client: Client, seed_checkout) -> None:
     card = client.add_card(money=100)
-    job = client.wait(client.pay(seed_checkout(client.user_id, isActive=False)["_id"], card["id"]))
+    job = pay_new_checkout(client, seed_checkout, card["id"], isActive=False)
     assert (job["error"]["status"], job["error"]["code"]) == (409, "already_paid")
 
 
@@ -143,7 +143,7 @@ def test_an_expired_card_ends_the_job_card_expired(client: Client, seed_checkout
     card = client.add_card(money=100)
     # Cards cannot be added expired; time passes for stored ones.
     Card.objects(id=card["id"]).update_one(set__expireDate="01/20")
-    job = client.wait(client.pay(seed_checkout(client.user_id)["_id"], card["id"]))
+    job = pay_new_checkout(client, seed_checkout, card["id"])
     assert (job["error"]["status"], job["error"]["code"]) == (422, "card_expired")
     assert card_doc(card["id"]).money == Decimal("100.00")
 
@@ -164,8 +164,7 @@ def test_insufficient_funds_changes_nothing_and_frees_the_checkout(client: Clien
 
 def test_a_deleted_payment_is_gone_but_its_money_movement_stays(client: Client, seed_checkout) -> None:
     card = client.add_card(money=100)
-    checkout = seed_checkout(client.user_id, total="25.00")
-    payment = client.wait(client.pay(checkout["_id"], card["id"]))["result"]
+    payment = pay_new_checkout(client, seed_checkout, card["id"], total="25.00")["result"]
     job = client.wait(client.call("DELETE", f"/delete-payment/{payment['id']}"))
     assert job["status"] == "succeeded"
     assert job["result"] == {"deleted": payment["id"]}
@@ -239,7 +238,7 @@ def test_fifty_concurrent_pays_on_a_card_with_money_for_ten_make_exactly_ten(
 def test_waiting_clients_hold_at_most_half_the_server_threads(settings) -> None:
     import time
 
-    from tests.conftest import RUN_ID, make_settings
+    from tests.environment import RUN_ID, make_settings
     from tests.support import ServedApp
     from web import create_app
     from workers.app import create_celery

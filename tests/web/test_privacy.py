@@ -13,9 +13,9 @@ import redis
 from devstack import servers
 from shared.logs import JsonFormatter
 from shared.settings import Settings
-from tests.conftest import RUN_ID, make_settings
+from tests.environment import RUN_ID, make_settings
+from tests.helpers import Client, luhn_number
 from tests.support import ServedApp, wait_until
-from tests.web.conftest import Client, luhn_number
 from web import create_app
 from workers.app import create_celery
 

@@ -1,5 +1,10 @@
-"""The API fixtures serve the worker tests too (payments to refund, cards to credit)."""
+"""Every test of this folder is an integration test: it talks to the shared servers."""
 
-from tests.web.conftest import api, client, make_client, second_worker, seed_checkout, world_factory
+from __future__ import annotations
 
-__all__ = ["api", "client", "make_client", "second_worker", "seed_checkout", "world_factory"]
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _needs_servers(servers: None) -> None:
+    """The servers answer (else the run stops, saying so); this run's data goes at the end."""

@@ -17,7 +17,7 @@ from typing import Any
 from kafka import KafkaConsumer
 
 from shared.settings import Settings
-from tests.conftest import ROOT
+from tests.environment import ROOT
 
 
 def order_service_bytes(value: dict[str, Any]) -> bytes:

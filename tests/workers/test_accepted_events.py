@@ -21,9 +21,9 @@ from devstack import servers
 from shared.kafka import ensure_topics
 from shared.models import Payment, PaymentState
 from shared.settings import Settings
-from tests.conftest import ROOT, RUN_ID, make_settings, start_worker, stop_worker
+from tests.environment import ROOT, RUN_ID, make_settings, start_worker, stop_worker
+from tests.helpers import Client
 from tests.support import ServedApp, free_port, wait_until
-from tests.web.conftest import Client
 from tests.workers.kafka_support import read_topic
 from web import create_app
 from workers.app import create_celery

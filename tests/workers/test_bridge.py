@@ -19,7 +19,7 @@ from bson import ObjectId
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from shared.settings import Settings
-from tests.conftest import RUN_ID
+from tests.environment import RUN_ID
 from tests.support import wait_until
 from tests.workers.kafka_support import bridge_process
 

@@ -20,9 +20,9 @@ from kafka.errors import TopicAlreadyExistsError
 from shared.kafka import ensure_topics
 from shared.models import Card, LedgerEntry, Payment, RefundEvent
 from shared.settings import Settings
-from tests.conftest import make_settings
+from tests.environment import make_settings
+from tests.helpers import Client, pay_new_checkout
 from tests.support import wait_until
-from tests.web.conftest import Client
 from tests.workers.kafka_support import bridge_process, kcat_produce
 
 
@@ -60,13 +60,12 @@ def recreate(settings: Settings, topic: str) -> None:
 @pytest.mark.slow
 def test_a_refund_on_a_recreated_topic_at_a_reused_offset_is_a_new_refund(
     isolated: Settings,
-    celery_worker: Any,
+    payment_worker: Any,
     client: Client,
     seed_checkout: Callable[..., dict[str, Any]],
 ) -> None:
     card = client.add_card(money=100)
-    checkout = seed_checkout(client.user_id, total="59.97")
-    payment = client.wait(client.pay(checkout["_id"], card["id"]))["result"]
+    payment = pay_new_checkout(client, seed_checkout, card["id"], total="59.97")["result"]
     event = {"productId": "p-1", "price": 19.99, "paymentId": payment["id"]}
     topic = isolated.topic(isolated.topic_product_refunded)
 

@@ -9,12 +9,12 @@ import sys
 import pytest
 import requests
 
-from tests.conftest import ROOT, RUN_ID, TEST_ENV
+from tests.environment import ROOT, RUN_ID, TEST_ENV
 from tests.support import free_port, wait_until
 
 
 @pytest.mark.slow
-def test_flower_lists_the_live_workers_to_an_authenticated_operator(celery_worker) -> None:
+def test_flower_lists_the_live_workers_to_an_authenticated_operator(payment_worker) -> None:
     port = free_port()
     env = {**os.environ, "FLOWER_PORT": str(port)}
     proc = subprocess.Popen(

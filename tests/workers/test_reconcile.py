@@ -20,7 +20,6 @@ from typing import Any
 
 import mongoengine
 import pytest
-import requests
 from bson import ObjectId
 from bson.decimal128 import Decimal128
 from pymongo import MongoClient
@@ -32,7 +31,9 @@ from shared.models import Job
 from shared.models.base import utcnow
 from shared.services import cards, payments, reconcile, refunds
 from shared.settings import Settings
-from tests.conftest import ROOT, RUN_ID, TEST_ENV
+from tests.environment import ROOT, RUN_ID, TEST_ENV
+from tests.factories import JobFactory, ProductFactory
+from tests.helpers import seed_checkout
 from tests.support import ServedApp
 
 MONGO_BASE = TEST_ENV["MONGO_URL"].rsplit("/", 1)[0]
@@ -68,32 +69,14 @@ class World:
 
     def add_card(self, money: str) -> str:
         card_id = str(ObjectId())
-        params = {
-            "cardHolderName": "Ada Lovelace",
-            "fingerprint": f"fp-{uuid.uuid4().hex}",
-            "last4": "4242",
-            "brand": "visa",
-            "expireDate": "12/39",
-            "money": money,
-        }
-        cards.add_card(
-            Job(id=ObjectId(), type="card.add", ownerId=self.user, params=params, resourceId=card_id)
-        )
+        cards.add_card(JobFactory.build(ownerId=self.user, params__money=money, resourceId=card_id))
         self.card_ids.append(card_id)
         return card_id
 
     def pay(self, card_id: str, total: str, quantity: int = 3) -> str:
         price = (Decimal(total) / quantity).quantize(Decimal("0.01"))
-        checkout = {
-            "_id": str(ObjectId()),
-            "userId": self.user,
-            "totalPrice": float(total),
-            "isActive": True,
-            "products": [{"productId": "p-1", "quantity": quantity, "price": float(price)}],
-        }
-        assert (
-            requests.post(f"{self.standin}/_standin/checkouts", json=checkout, timeout=10).status_code == 201
-        )
+        products = [ProductFactory(productId="p-1", quantity=quantity, price=float(price))]
+        checkout = seed_checkout(self.standin, self.user, total, products=products)
         job = Job(
             id=ObjectId(),
             type="payment.pay",
@@ -387,15 +370,7 @@ def test_an_added_card_records_its_opening_balance_once_even_when_its_job_runs_t
 ) -> None:
     card_id = world.card_ids[0]
     private_db.ledger.delete_one({"_id": f"open:{card_id}"})  # as if the worker died after storing the card
-    params = {
-        "cardHolderName": "A",
-        "fingerprint": "fp-again",
-        "last4": "4242",
-        "brand": "visa",
-        "expireDate": "12/39",
-        "money": "100.00",
-    }
-    job = Job(id=ObjectId(), type="card.add", ownerId=world.user, params=params, resourceId=card_id)
+    job = JobFactory.build(ownerId=world.user, params__money="100.00", resourceId=card_id)
     cards.add_card(job)
     cards.add_card(job)
     assert list(private_db.ledger.find({"cardId": card_id, "kind": "open"}, {"_id": 1, "amount": 1})) == [

@@ -11,8 +11,8 @@ from bson import ObjectId
 
 from shared.models import Card, Job, LedgerEntry, Payment, PaymentState, RefundEvent
 from shared.services import inbox, jobs
+from tests.helpers import Client, pay_new_checkout
 from tests.support import wait_until
-from tests.web.conftest import Client
 
 
 class DyingWebProcess:
@@ -22,7 +22,7 @@ class DyingWebProcess:
         return None
 
 
-def test_a_job_stored_but_never_sent_is_sent_again_and_runs(client: Client, celery_app: Any) -> None:
+def test_a_job_stored_but_never_sent_is_sent_again_and_runs(client: Client, payment_celery: Any) -> None:
     job, created = jobs.submit(
         DyingWebProcess(),
         job_type="card.delete",
@@ -34,7 +34,9 @@ def test_a_job_stored_but_never_sent_is_sent_again_and_runs(client: Client, cele
     )
     assert created
     assert Job.objects.get(id=job.id).status == "queued"
-    sent = celery_app.send_task("jobs.requeue_stale", kwargs={"older_than_seconds": 0}, ignore_result=False)
+    sent = payment_celery.send_task(
+        "jobs.requeue_stale", kwargs={"older_than_seconds": 0}, ignore_result=False
+    )
     assert sent.get(timeout=30) >= 1
     wait_until(lambda: Job.objects.get(id=job.id).status == "succeeded", timeout=60, message="job ran")
     assert Card.objects.get(id=job.resourceId).deletedAt is not None
@@ -68,26 +70,27 @@ def test_a_charge_that_ran_out_of_retries_after_its_debit_is_resumed_and_debits_
     assert LedgerEntry.objects(cardId=card["id"], kind="debit").count() == 1
 
 
-def test_a_stale_sweep_leaves_ended_jobs_alone(client: Client, celery_app: Any) -> None:
+def test_a_stale_sweep_leaves_ended_jobs_alone(client: Client, payment_celery: Any) -> None:
     card = client.add_card(money=5)
     ended = Job.objects(ownerId=client.user_id, status="succeeded").first()
     before = ended.updatedAt
-    celery_app.send_task("jobs.requeue_stale", kwargs={"older_than_seconds": 0}, ignore_result=False).get(30)
+    payment_celery.send_task("jobs.requeue_stale", kwargs={"older_than_seconds": 0}, ignore_result=False).get(
+        30
+    )
     assert Job.objects.get(id=ended.id).updatedAt == before
     assert Card.objects.get(id=card["id"]).deletedAt is None
 
 
 def test_a_refund_event_whose_task_was_lost_is_sent_again_from_the_inbox(
-    client: Client, celery_app: Any, seed_checkout: Callable[..., dict[str, Any]]
+    client: Client, payment_celery: Any, seed_checkout: Callable[..., dict[str, Any]]
 ) -> None:
     card = client.add_card(money=100)
-    checkout = seed_checkout(client.user_id, total="59.97")
-    payment = client.wait(client.pay(checkout["_id"], card["id"]))["result"]
+    payment = pay_new_checkout(client, seed_checkout, card["id"], total="59.97")["result"]
     event_id = f"lost-topic:0:{ObjectId()}"
     kwargs = {"event_id": event_id, "payment_id": payment["id"], "product_id": "p-1", "price": "19.99"}
     inbox.hand_over(DyingWebProcess(), event_id, "refunds.refund_product", kwargs)  # the message is lost
     assert RefundEvent.objects.get(id=event_id).status == "received"
-    celery_app.send_task("jobs.requeue_stale", kwargs={"older_than_seconds": 0})
+    payment_celery.send_task("jobs.requeue_stale", kwargs={"older_than_seconds": 0})
     wait_until(
         lambda: RefundEvent.objects.get(id=event_id).status == "applied", timeout=60, message="applied"
     )

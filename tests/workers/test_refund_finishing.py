@@ -21,9 +21,9 @@ from kafka.admin import NewTopic
 from shared.models import Card, LedgerEntry, Payment, RefundEvent
 from shared.services import inbox
 from shared.settings import Settings
-from tests.conftest import make_settings
+from tests.environment import make_settings
+from tests.helpers import Client, pay_new_checkout
 from tests.support import wait_until
-from tests.web.conftest import Client
 from tests.workers.kafka_support import read_topic
 from workers.app import create_celery
 from workers.tasks.refunds import MAX_RETRIES
@@ -58,8 +58,7 @@ def test_a_recorded_refund_whose_publish_keeps_failing_is_not_dead_lettered_and_
 ) -> None:
     iso = no_applied_topic
     card = client.add_card(money=100)
-    checkout = seed_checkout(client.user_id, total="59.97")
-    payment = client.wait(client.pay(checkout["_id"], card["id"]))["result"]
+    payment = pay_new_checkout(client, seed_checkout, card["id"], total="59.97")["result"]
     event_id = f"{iso.topic(iso.topic_product_refunded)}:{uuid.uuid4()}:0:7"
     kwargs = {"event_id": event_id, "payment_id": payment["id"], "product_id": "p-1", "price": "19.99"}
     inbox.hand_over(Recorder(), event_id, "refunds.refund_product", kwargs)

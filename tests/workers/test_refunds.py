@@ -19,8 +19,9 @@ import pytest
 from shared.models import Card, LedgerEntry, Payment, RefundEvent
 from shared.services import inbox
 from shared.settings import Settings
+from tests import helpers
+from tests.helpers import Client, pay_new_checkout
 from tests.support import wait_until
-from tests.web.conftest import Client
 from tests.workers.kafka_support import SteadyProducer, bridge_process, handed_over, kcat_produce, read_topic
 
 PRODUCTS = [
@@ -30,7 +31,7 @@ PRODUCTS = [
 
 
 @pytest.fixture(scope="module")
-def bridge(topics: list[str], celery_worker: Any) -> Iterator[subprocess.Popen[bytes]]:
+def bridge(topics: list[str], payment_worker: Any) -> Iterator[subprocess.Popen[bytes]]:
     with bridge_process() as proc:
         yield proc
 
@@ -40,11 +41,7 @@ def paid(client: Client, seed_checkout: Callable[..., dict[str, Any]]) -> Callab
     """A charged payment of ``client`` (the card starts with 100.00)."""
 
     def pay(products: list[dict[str, Any]] = PRODUCTS, total: str = "69.97") -> dict[str, Any]:
-        card = client.add_card(money=100)
-        checkout = seed_checkout(client.user_id, total=total, products=products)
-        job = client.wait(client.pay(checkout["_id"], card["id"]))
-        assert job["status"] == "succeeded", job
-        payment: dict[str, Any] = job["result"]
+        _card, payment = helpers.paid(client, seed_checkout, total=total, products=products)
         return payment
 
     return pay
@@ -183,7 +180,7 @@ def test_an_event_that_cannot_apply_is_dead_lettered_with_its_reason_and_changes
 
 
 def test_the_same_event_delivered_three_times_credits_once(
-    settings: Settings, celery_app: Any, celery_worker: Any, paid: Callable[..., dict[str, Any]]
+    settings: Settings, payment_celery: Any, payment_worker: Any, paid: Callable[..., dict[str, Any]]
 ) -> None:
     payment = paid()
     event_id = f"{settings.topic(settings.topic_product_refunded)}:0:{uuid.uuid4().int % 10**9}"
@@ -191,7 +188,8 @@ def test_the_same_event_delivered_three_times_credits_once(
     # As Kafka redelivers a record whose offset was not committed.  Each copy's
     # result is awaited, so every copy has run (on any worker) before the checks.
     copies = [
-        celery_app.send_task("refunds.refund_product", kwargs=kwargs, ignore_result=False) for _ in range(3)
+        payment_celery.send_task("refunds.refund_product", kwargs=kwargs, ignore_result=False)
+        for _ in range(3)
     ]
     for copy in copies:
         copy.get(timeout=60)
@@ -210,8 +208,8 @@ def test_the_same_event_delivered_three_times_credits_once(
 
 def test_concurrent_partial_refunds_that_together_exceed_what_was_bought_apply_only_what_fits(
     settings: Settings,
-    celery_app: Any,
-    celery_worker: Any,
+    payment_celery: Any,
+    payment_worker: Any,
     second_worker: Any,
     paid: Callable[..., dict[str, Any]],
 ) -> None:
@@ -222,7 +220,7 @@ def test_concurrent_partial_refunds_that_together_exceed_what_was_bought_apply_o
     for product_id, price in asked:
         event_id = f"{topic}:2:{uuid.uuid4().int % 10**12}"
         kwargs = {"event_id": event_id, "payment_id": payment["id"], "product_id": product_id, "price": price}
-        inbox.hand_over(celery_app, event_id, "refunds.refund_product", kwargs)  # as the bridge does
+        inbox.hand_over(payment_celery, event_id, "refunds.refund_product", kwargs)  # as the bridge does
         tasks.append(event_id)
     wait_until(
         lambda: RefundEvent.objects(id__in=tasks, status="received").count() == 0,
@@ -244,7 +242,7 @@ def test_concurrent_partial_refunds_that_together_exceed_what_was_bought_apply_o
 
 @pytest.mark.slow
 def test_a_replay_of_the_whole_topic_from_the_beginning_changes_nothing(
-    isolated: Settings, celery_app: Any, celery_worker: Any, paid: Callable[..., dict[str, Any]]
+    isolated: Settings, payment_celery: Any, payment_worker: Any, paid: Callable[..., dict[str, Any]]
 ) -> None:
     payment = paid()
     env = {"KAFKA_TOPIC_PREFIX": isolated.kafka_topic_prefix}
@@ -262,7 +260,7 @@ def test_a_replay_of_the_whole_topic_from_the_beginning_changes_nothing(
     group = f"replay-{uuid.uuid4().hex[:6]}"
     with bridge_process({**env, "KAFKA_BRIDGE_GROUP": group}):
         wait_until(lambda: _group_caught_up(isolated, group), timeout=90, message="replay consumed")
-        drain_refunds(isolated, celery_app)
+        drain_refunds(isolated, payment_celery)
     assert balance(payment) == Decimal("60.02")
     assert stored(payment).to_mongo().to_dict() == before
     # The inbox holds the two events once each, applied; nothing was set aside.
@@ -292,7 +290,7 @@ def _group_caught_up(settings: Settings, group: str) -> bool:
         admin.close()
 
 
-def drain_refunds(settings: Settings, celery_app: Any) -> None:
+def drain_refunds(settings: Settings, payment_celery: Any) -> None:
     """Wait until the refunds queue is empty and no worker holds a refund task (twice in a row)."""
     import redis
 
@@ -300,7 +298,7 @@ def drain_refunds(settings: Settings, celery_app: Any) -> None:
         with redis.Redis.from_url(settings.broker_url) as client:
             if client.llen(f"{settings.broker_key_prefix}refunds"):
                 return False
-        inspect = celery_app.control.inspect(timeout=1)
+        inspect = payment_celery.control.inspect(timeout=1)
         held = [*(inspect.active() or {}).values(), *(inspect.reserved() or {}).values()]
         return not any(task["name"].startswith("refunds.") for tasks in held for task in tasks)
 
@@ -313,7 +311,7 @@ def isolated(settings: Settings) -> Iterator[Settings]:
     from kafka import KafkaAdminClient
 
     from shared.kafka import ensure_topics
-    from tests.conftest import make_settings
+    from tests.environment import make_settings
 
     iso = make_settings(KAFKA_TOPIC_PREFIX=f"{settings.kafka_topic_prefix}iso{uuid.uuid4().hex[:6]}.")
     ensure_topics(iso)
@@ -387,7 +385,7 @@ def test_two_bridges_with_a_rebalance_mid_stream_apply_each_of_500_events_once(
 
 @pytest.mark.slow
 def test_a_bridge_killed_mid_stream_and_restarted_loses_no_event_and_applies_none_twice(
-    isolated: Settings, celery_worker: Any, paid: Callable[..., dict[str, Any]]
+    isolated: Settings, payment_worker: Any, paid: Callable[..., dict[str, Any]]
 ) -> None:
     units = [{"productId": "u", "quantity": 300, "price": 0.01, "sellerId": "s"}]
     payment = paid(products=units, total="3.00")
@@ -430,8 +428,7 @@ def test_a_worker_killed_mid_refund_is_redelivered_and_credits_once(
     world = world_factory(failpoints=point)
     client = Client(world.api.url)
     card = client.add_card(money=100)
-    checkout = seed_checkout(client.user_id, total="69.97", products=PRODUCTS)
-    payment = client.wait(client.pay(checkout["_id"], card["id"]))["result"]
+    payment = pay_new_checkout(client, seed_checkout, card["id"], total="69.97", products=PRODUCTS)["result"]
     event_id = f"{settings.topic(settings.topic_product_refunded)}:1:{uuid.uuid4().int % 10**9}"
     kwargs = {"event_id": event_id, "payment_id": payment["id"], "product_id": "p-1", "price": "19.99"}
     inbox.hand_over(world.celery, event_id, "refunds.refund_product", kwargs)  # as the bridge does

@@ -21,8 +21,8 @@ import pytest
 from shared.models import Card, Payment
 from shared.pan import luhn_valid
 from shared.settings import Settings
+from tests.helpers import Client, pay_new_checkout
 from tests.support import wait_until
-from tests.web.conftest import Client
 from tests.workers.kafka_support import bridge_process, kcat_produce, read_topic
 
 TEN_TEN = {"productId": "p-10", "quantity": 3, "price": 10.10, "sellerId": "s-1"}
@@ -31,7 +31,7 @@ TWO = {"productId": "p-2", "quantity": 1, "price": 2.00, "sellerId": "s-2"}
 
 
 @pytest.fixture(scope="module")
-def bridge(topics: list[str], celery_worker: Any) -> Iterator[subprocess.Popen[bytes]]:
+def bridge(topics: list[str], payment_worker: Any) -> Iterator[subprocess.Popen[bytes]]:
     with bridge_process() as proc:
         yield proc
 
@@ -53,9 +53,7 @@ def pay(
     number: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     card = client.add_card(money=money, number=number)
-    checkout = seed_checkout(client.user_id, total=total, products=products)
-    job = client.wait(client.pay(checkout["_id"], card["id"]))
-    return card, job
+    return card, pay_new_checkout(client, seed_checkout, card["id"], total=total, products=products)
 
 
 def balance(card_id: str) -> Decimal:

@@ -8,47 +8,28 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from bson import ObjectId
-
 from shared.models import Card, Job, JobStatus
 from shared.models.base import utcnow
 from shared.services import jobs
+from tests.factories import JobFactory
 from tests.support import ServedApp, wait_until
 
 
 def lost_card_job(age_seconds: float, status: JobStatus = JobStatus.QUEUED) -> Job:
     """A card.add job accepted ``age_seconds`` ago whose task message never reached a worker."""
     at = utcnow() - timedelta(seconds=age_seconds)
-    params = {
-        "cardHolderName": "Ada Lovelace",
-        "fingerprint": f"fp-{ObjectId()}",
-        "last4": "4242",
-        "brand": "visa",
-        "expireDate": "12/39",
-        "money": "10.00",
-    }
-    job = Job(
-        id=ObjectId(),
-        type="card.add",
-        ownerId=str(ObjectId()),
-        params=params,
-        resourceId=str(ObjectId()),
-        status=status,
-        createdAt=at,
-        updatedAt=at,
-    )
-    job.save(force_insert=True)
+    job: Job = JobFactory(status=status, createdAt=at, updatedAt=at)
     return job
 
 
 def test_a_job_never_started_before_a_broker_restart_is_sent_again_and_ends(
-    celery_app: Any, celery_worker: Any, api: ServedApp
+    payment_celery: Any, payment_worker: Any, api: ServedApp
 ) -> None:
     lost = lost_card_job(age_seconds=50)
     fresh = lost_card_job(age_seconds=1)
     running = lost_card_job(age_seconds=50, status=JobStatus.RUNNING)  # the 10-minute sweep's business
     restarted = utcnow() - timedelta(seconds=20)
-    sent = jobs.requeue_unstarted(celery_app, timedelta(seconds=45), broker_started_at=restarted)
+    sent = jobs.requeue_unstarted(payment_celery, timedelta(seconds=45), broker_started_at=restarted)
     assert sent >= 1
     ended = wait_until(
         lambda: (job := Job.objects.get(id=lost.id)).ended and job, timeout=60, message="lost job ends"
@@ -60,27 +41,29 @@ def test_a_job_never_started_before_a_broker_restart_is_sent_again_and_ends(
     assert Job.objects.get(id=fresh.id).status == JobStatus.QUEUED
     assert Job.objects.get(id=running.id).attempts == 0
     # A second sweep right away sends the young job no sooner than its own threshold.
-    jobs.requeue_unstarted(celery_app, timedelta(seconds=45), broker_started_at=utcnow())
+    jobs.requeue_unstarted(payment_celery, timedelta(seconds=45), broker_started_at=utcnow())
     assert Job.objects.get(id=fresh.id).status == JobStatus.QUEUED
     for job in (fresh, running):
         Job.objects(id=job.id).delete()
 
 
 def test_a_job_waiting_in_a_long_queue_of_a_broker_that_did_not_restart_is_not_sent_twice(
-    celery_app: Any, celery_worker: Any
+    payment_celery: Any, payment_worker: Any, documents: None
 ) -> None:
     waiting = lost_card_job(age_seconds=300)
     broker_up_since = utcnow() - timedelta(hours=1)
-    assert jobs.requeue_unstarted(celery_app, timedelta(seconds=45), broker_started_at=broker_up_since) == 0
+    assert (
+        jobs.requeue_unstarted(payment_celery, timedelta(seconds=45), broker_started_at=broker_up_since) == 0
+    )
     assert Job.objects.get(id=waiting.id).updatedAt < utcnow() - timedelta(seconds=250)
     # Unless the broker cannot say when it started: then age alone decides.
-    assert jobs.requeue_unstarted(celery_app, timedelta(seconds=45), broker_started_at=None) >= 1
+    assert jobs.requeue_unstarted(payment_celery, timedelta(seconds=45), broker_started_at=None) >= 1
     wait_until(lambda: Job.objects.get(id=waiting.id).ended, timeout=60, message="job ends")
 
 
-def test_the_sweep_reads_the_brokers_start_time(celery_app: Any) -> None:
+def test_the_sweep_reads_the_brokers_start_time(payment_celery: Any) -> None:
     from workers.tasks.maintenance import _broker_started_at
 
-    started = _broker_started_at(celery_app)
+    started = _broker_started_at(payment_celery)
     assert started is not None
     assert started < utcnow()

@@ -6,36 +6,36 @@ import uuid
 
 import pytest
 
-from tests.conftest import start_worker, stop_worker
+from tests.environment import start_worker, stop_worker
 from tests.support import wait_until
 
 
-def test_a_worker_process_runs_a_task_sent_by_name(celery_app, celery_worker) -> None:
+def test_a_worker_process_runs_a_task_sent_by_name(payment_celery, payment_worker) -> None:
     import os
 
-    result = celery_app.send_task("system.ping").get(timeout=20)
+    result = payment_celery.send_task("system.ping").get(timeout=20)
     assert result["pong"] is True
     assert result["pid"] != os.getpid()
 
 
 @pytest.mark.slow
-def test_tasks_spread_over_worker_nodes_started_separately(celery_app, celery_worker) -> None:
+def test_tasks_spread_over_worker_nodes_started_separately(payment_celery, payment_worker) -> None:
     # A name of its own: a session-wide node (w2) answering would prove nothing.
     name = f"spread{uuid.uuid4().hex[:6]}"
     second = start_worker(name, concurrency=1)
     try:
 
         def node() -> str | None:
-            names = {n for reply in celery_app.control.ping(timeout=1) for n in reply}
+            names = {n for reply in payment_celery.control.ping(timeout=1) for n in reply}
             return next((n for n in names if n.startswith(f"{name}-")), None)
 
         full_name = wait_until(node, timeout=60, message="the new worker node answers")
-        stats = celery_app.control.inspect(destination=[full_name], timeout=5).stats()
+        stats = payment_celery.control.inspect(destination=[full_name], timeout=5).stats()
         new_pids = set(stats[full_name]["pool"]["processes"])
         assert new_pids
         pids: set[int] = set()
         for _ in range(10):
-            results = [celery_app.send_task("system.ping", ignore_result=False) for _ in range(30)]
+            results = [payment_celery.send_task("system.ping", ignore_result=False) for _ in range(30)]
             pids |= {r.get(timeout=30)["pid"] for r in results}
             if pids & new_pids and len(pids - new_pids) >= 1:
                 break

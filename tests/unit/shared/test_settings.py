@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from shared.settings import DEVELOPMENT_SECRETS, ConfigurationError, Environment, Settings, load_settings
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.environment import ROOT
 
 SECRETS = {"JWT_SEC": "a-long-enough-jwt-secret-0123456789", "CARD_FINGERPRINT_KEY": "k" * 32}
 
@@ -111,7 +110,7 @@ def _env_file_values(path: Path) -> dict[str, str]:
 def _repository_secrets() -> dict[str, set[str]]:
     """Every secret value the repository holds, by variable: .env.example and the suite's environment."""
     from devstack import servers
-    from tests.conftest import TEST_ENV
+    from tests.environment import TEST_ENV
 
     found: dict[str, set[str]] = {}
     for source in (_env_file_values(ROOT / ".env.example"), TEST_ENV, servers.secure_env(force=True)):

@@ -7,7 +7,7 @@ import re
 import subprocess
 
 from devstack import dev, servers
-from tests.conftest import make_settings
+from tests.environment import make_settings
 
 
 def test_make_dev_runs_nginx_on_the_api_port_on_loopback_in_front_of_gunicorn() -> None:

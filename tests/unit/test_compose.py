@@ -30,8 +30,8 @@ from typing_extensions import override
 
 import celeryconfig
 from shared.settings import Environment, Settings
+from tests.environment import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -347,11 +347,6 @@ def _ignored_by_docker(path: str) -> bool:
 
 
 # --- the compose file --------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def stack() -> None:
-    """These checks read files only: they need none of the suite's servers (overrides conftest)."""
 
 
 def test_the_compose_file_parses_and_defines_every_service() -> None:
@@ -701,7 +696,7 @@ def test_the_build_context_keeps_what_the_dockerfile_copies(path: str) -> None:
         ".git/config",
         ".venv/bin/python",
         ".stack/mongo/db",
-        "tests/test_compose.py",
+        "tests/unit/test_compose.py",
         "shared/__pycache__/settings.cpython-311.pyc",
     ],
 )

@@ -7,7 +7,7 @@ import pytest
 from shared.keys import REQUEST_HASH_PURPOSE, derive_key, fingerprint_key, request_hash_key
 from shared.pan import fingerprint
 from shared.services.jobs import request_hash
-from tests.conftest import TEST_ENV, make_settings
+from tests.environment import TEST_ENV, make_settings
 
 SECRET = b"test-card-fingerprint-key-0123456789abcdef"
 

@@ -34,7 +34,7 @@ from shared import db
 from shared.models import Card, Job, Payment, PaymentState, PaymentToken, RefundEvent
 from shared.services import inbox, jobs, payments, refunds
 from shared.settings import Settings
-from tests.conftest import TEST_ENV
+from tests.environment import TEST_ENV
 from web import create_app
 
 #: The collections that grow with every payment and refund.

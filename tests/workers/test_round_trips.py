@@ -24,7 +24,7 @@ from shared import db
 from shared.models import Job
 from shared.services import outbox
 from shared.settings import Settings
-from tests.web.conftest import Client, token_for
+from tests.helpers import Client, token_for
 from web import create_app
 
 #: Upper bounds of round trips; the counts before issue 10's cuts are in the README.
@@ -90,7 +90,7 @@ class CapturingSender:
 
 def test_one_charge_asks_the_database_a_bounded_number_of_times(
     settings: Settings,
-    celery_app: Any,
+    payment_celery: Any,
     commands: Commands,
     topics: list[str],
     seed_checkout: Callable[..., dict[str, Any]],
@@ -100,7 +100,7 @@ def test_one_charge_asks_the_database_a_bounded_number_of_times(
     import workers.tasks.payments  # noqa: F401 - registers the tasks run below
 
     # This test's app, by name: a task object alone runs with the process's current app.
-    add_card, charge = celery_app.tasks["cards.add"], celery_app.tasks["payments.charge"]
+    add_card, charge = payment_celery.tasks["cards.add"], payment_celery.tasks["payments.charge"]
     sender = CapturingSender()
     app = create_app(settings, sender)
     http = app.test_client()

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from shared.models import Card, LedgerEntry, Payment, PaymentState
-from tests.conftest import RUN_ID, make_settings, start_worker, stop_worker
+from tests.environment import RUN_ID, make_settings, start_worker, stop_worker
+from tests.helpers import Client
 from tests.support import ServedApp, wait_until
-from tests.web.conftest import Client
 from web import create_app
 from workers.app import create_celery
 

@@ -18,6 +18,7 @@ starting the new ones.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from shared.models import Payment, PaymentToken
@@ -52,9 +53,12 @@ def migrate(payment: Payment | None) -> None:
     Payment.objects(id=payment.id, token=None).update_one(set__token=PaymentToken.of(payment).dump())
 
 
-def write(token: PaymentToken, new: PaymentToken, **changes: Any) -> bool:
-    """Apply ``changes`` with the ``new`` token if the payment still holds ``token``; True if applied."""
+def write(token: PaymentToken, new: PaymentToken, *, now: datetime | None = None, **changes: Any) -> bool:
+    """Apply ``changes`` with the ``new`` token if the payment still holds ``token``; True if applied.
+
+    ``updatedAt`` becomes ``now`` (the current time if not given).
+    """
     updated = Payment.objects(token=token.dump()).update_one(
-        set__token=new.dump(), set__version=new.version, set__updatedAt=utcnow(), **changes
+        set__token=new.dump(), set__version=new.version, set__updatedAt=now or utcnow(), **changes
     )
     return bool(updated)

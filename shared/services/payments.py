@@ -210,9 +210,9 @@ def _end_pending(payment: Payment, job_id: str, state: PaymentState, **changes: 
             _, token = got
             if token.state != PaymentState.PENDING or token.job_id != job_id:
                 return False
-        new = token.next(state=state)
-        if payment_tokens.write(token, new, set__state=state, **changes):
-            payment.token = new.dump()
+        new, now = token.next(state=state), utcnow()
+        if payment_tokens.write(token, new, now=now, set__state=state, **changes):
+            payment.token, payment.updatedAt = new.dump(), now
             return True
         token = None
     raise CardContended(f"Payment {payment.id} kept changing; the charge will be retried.")

@@ -151,6 +151,6 @@ def test_one_charge_asks_the_database_a_bounded_number_of_times(
 
 
 def _number() -> str:
-    from tests.web.conftest import luhn_number
+    from tests.helpers import luhn_number
 
     return luhn_number()

@@ -54,9 +54,9 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 token: $(STAMP) ## print a signed development token (ARGS="--type admin")
 	@$(PY) -m devstack token $(ARGS)
 
-bench: install ## charge latency (POST to ended job) against a ping baseline, on the local servers
+bench: install ## round trips, step breakdown, issue 10's goals, scaling, memory (ARGS="--quick")
 	$(PY) -m devstack up
-	$(PY) -m bench.charge_latency
+	$(PY) -m bench $(ARGS)
 
 clean: stack-down ## stop the servers and delete their data
 	rm -rf .stack

@@ -97,14 +97,18 @@ def schedule(rate: float, count: int, start: float) -> list[float]:
 
 
 def paced(
-    rate: float, count: int, send: Callable[[int], object], clock: Callable[[], float] = time.monotonic
+    rate: float,
+    count: int,
+    send: Callable[[int], object],
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], object] = time.sleep,
 ) -> float:
     """Call ``send(i)`` at ``rate`` per second by the clock; return the achieved rate."""
     start = clock()
     for i, at in enumerate(schedule(rate, count, start)):
         delay = at - clock()
         if delay > 0:
-            time.sleep(delay)
+            sleep(delay)
         send(i)
     elapsed = clock() - start
     return (count - 1) / elapsed if count > 1 and elapsed > 0 else float(count)
@@ -282,14 +286,17 @@ class Goal:
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
-    """A plain text table, right-aligned numbers."""
-    cells = [headers, *[[_cell(v) for v in row] for row in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = []
-    for n, row in enumerate(cells):
-        lines.append("  ".join(v.rjust(w) if n else v.ljust(w) for v, w in zip(row, widths, strict=True)))
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    """A plain text table: text left-aligned, numbers right-aligned."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for row, values in zip(cells, rows, strict=True):
+        parts = [
+            c.rjust(w) if isinstance(v, int | float) else c.ljust(w)
+            for c, v, w in zip(row, values, widths, strict=True)
+        ]
+        lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
 
 

@@ -66,7 +66,7 @@ class Sizes:
     scale_refunds: int
 
 
-FULL = Sizes(30, 150, 1000, 400, 1000, 2, 200, 160, 500)
+FULL = Sizes(30, 150, 1000, 400, 1000, 2, 200, 160, 300)
 QUICK = Sizes(10, 40, 300, 96, 300, 1, 60, 48, 200)
 
 
@@ -164,37 +164,38 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
         ping_latency(stack, 20)  # warm-up: connections, pools, indexes
         charger.run(16, 8)
         ping_alone = ping_latency(stack, size.alone)
+        say(f"no-op system.ping, one at a time: {summary(ping_alone)}")
         alone, _ = charger.run(size.alone, 1)
+        say(f"charge, one client: {summary([c.latency for c in alone])}")
         noop = ping_rate(stack, size.noop)
+        say(f"no-op system.ping, {size.noop} at once: {noop:.1f} tasks/s")
         cpu0, srv0 = service_cpu(stack), server_cpu()
         loaded, wall = charger.run(size.loaded, 8)
         cpu1, srv1 = service_cpu(stack), server_cpu()
         charge_rate = len(loaded) / wall
-        bursts = [one_run(stack, payment_ids, size.burst) for _ in range(size.bursts)]
-        steady = one_run(stack, payment_ids, size.steady, rate=20)
-        plain = plain_rate(stack, size.noop)
-        refund_rate = statistics.median(b.events_per_s for b in bursts)
-        burst_p99 = statistics.median(percentile(b.latencies, 0.99) for b in bursts)
-        alone_median = statistics.median(c.latency for c in alone)
-        loaded_p99 = percentile([c.latency for c in loaded], 0.99)
-        say(f"no-op system.ping, one at a time: {summary(ping_alone)}")
-        say(f"no-op system.ping, {size.noop} at once: {noop:.1f} tasks/s")
-        say(f"plain Celery (2 prefork processes) no-op, {size.noop} at once: {plain:.1f} tasks/s")
-        say(f"charge, one client: {summary([c.latency for c in alone])}")
         say(f"charge, 8 clients: {summary([c.latency for c in loaded])}, {charge_rate:.1f} charges/s")
         say(f"  CPU ms per charge: {cpu_per_charge(cpu0, cpu1, len(loaded))}")
         say(f"  servers' CPU ms per charge (shared, noisy): {cpu_per_charge(srv0, srv1, len(loaded))}")
-        for b in bursts:
-            say(f"refund burst of {b.events}: {b.row()}")
-        say(f"refunds at a steady 20/s (paced by the clock): {steady.row()}")
         say("\ncharge steps, one client (ms):")
         say(steps_table(steps(alone)))
         say("\ncharge steps, 8 clients (ms):")
         say(steps_table(steps(loaded)))
+        bursts = []
+        for _ in range(size.bursts):
+            bursts.append(one_run(stack, payment_ids, size.burst))
+            say(f"refund burst of {bursts[-1].events}: {bursts[-1].row()}")
+        steady = one_run(stack, payment_ids, size.steady, rate=20)
+        say(f"refunds at a steady 20/s (paced by the clock): {steady.row()}")
         say(f"\nrefund steps, burst of {bursts[-1].events} (ms):")
         say(table(["step", "median ms", "p99 ms"], _rows(bursts[-1].steps)))
         say("\nrefund steps, steady 20/s (ms):")
         say(table(["step", "median ms", "p99 ms"], _rows(steady.steps)))
+        plain = plain_rate(stack, size.noop)
+        say(f"\nplain Celery (2 prefork processes) no-op, {size.noop} at once: {plain:.1f} tasks/s")
+        refund_rate = statistics.median(b.events_per_s for b in bursts)
+        burst_p99 = statistics.median(percentile(b.latencies, 0.99) for b in bursts)
+        alone_median = statistics.median(c.latency for c in alone)
+        loaded_p99 = percentile([c.latency for c in loaded], 0.99)
 
         say("\n== 3. goals of issue 10 (ratios within this run; reported, not asserted) ==")
         burst_note = "" if size.burst == 1000 else f" (bursts of {size.burst}: --quick)"
@@ -243,25 +244,7 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
         for goal in goals:
             say(goal.line())
 
-        say("\n== 4. memory (RSS, MiB) ==")
-        memory: list[list[Any]] = []
-        if args.quick:
-            say("skipped (--quick)")
-        else:
-            for target in sorted({1000, max(1000, args.memory_charges)}):
-                if charger.count < target:
-                    charger.run(target - charger.count, 8)
-                memory.append(
-                    [
-                        charger.count,
-                        max(rss_mib(p) for p in stack.api_worker_pids()),
-                        max(rss_mib(p) for p in stack.pool_pids()),
-                        max(rss_mib(p) for p in stack.node_pids()),
-                    ]
-                )
-            say(table(["charges", "API worker", "Celery pool process", "Celery node (main)"], memory))
-
-        say("\n== 5. scaling (worker nodes of 1 pool process; bridges) ==")
+        say("\n== 4. scaling (worker nodes of 1 pool process; bridges) ==")
         rows: list[list[Any]] = [[2, 1, noop, charge_rate, bursts[-1].events_per_s]]
 
         def measure(workers: int, bridges: int, charges: bool = True) -> None:
@@ -292,6 +275,24 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
             )
         )
         say(f"(refund bursts of {size.scale_refunds} in the scaling rows, of {size.burst} in the 2/1 row)")
+
+        say("\n== 5. memory (RSS, MiB) ==")
+        if args.quick:
+            say("skipped (--quick)")
+        else:
+            say("(2 worker nodes; charges from 8 clients; each line as it is measured)")
+            headers = ["charges so far", "charges/s", "API worker (largest)", "pool process of node 1"]
+            say(" | ".join(headers))
+            marks = [m for m in (1000, 2000, 5000, 10000, 20000) if m < args.memory_charges]
+            for target in sorted({*marks, max(1000, args.memory_charges)}):
+                rate: Any = "-"
+                if charger.count < target:
+                    done, wall = charger.run(target - charger.count, 8)
+                    rate = f"{len(done) / wall:.1f}"
+                api = max(rss_mib(p) for p in stack.api_worker_pids())
+                pool = rss_mib(stack.pool_pids()[0])
+                say(f"{charger.count} | {rate} | {api:.1f} | {pool:.1f}")
+
     finally:
         stack.close()
     say(f"\nbench took {time.monotonic() - begun:.0f} s")

@@ -149,7 +149,10 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
 
     run = f"bench{uuid.uuid4().hex[:8]}"
     begun = time.monotonic()
-    say(f"make bench{' --quick' if args.quick else ''}: run {run}, {os.cpu_count()} CPUs (shared machine)")
+    say(
+        f"make bench{' --quick' if args.quick else ''}: run {run}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f} (other users of the machine count too)"
+    )
     stack = Stack(run, run_env(run))
     try:
         say("\n== 1. round trips and steps, in this process ==")
@@ -295,7 +298,7 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
 
     finally:
         stack.close()
-    say(f"\nbench took {time.monotonic() - begun:.0f} s")
+    say(f"\nbench took {time.monotonic() - begun:.0f} s; load average {os.getloadavg()[0]:.1f}")
     return 0
 
 

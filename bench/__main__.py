@@ -299,6 +299,7 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
     finally:
         stack.close()
     say(f"\nbench took {time.monotonic() - begun:.0f} s; load average {os.getloadavg()[0]:.1f}")
+    say(f"POSTs answered 503 (database too slow) and sent again by the clients: {charger.retried}")
     return 0
 
 

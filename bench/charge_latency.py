@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 from bson import ObjectId
 
 from bench.common import run_env, summary, table
@@ -97,6 +99,11 @@ class Charger:
             )
             headers = {"Authorization": f"Bearer {token}"}
             session = requests.Session()
+            # A kept-alive connection the API closed while this client waited for
+            # its charge fails at its next use before the request is read: open a
+            # new one (a request that was processed twice would fail the check).
+            retry = Retry(total=2, connect=2, read=2, status=0, allowed_methods=None)
+            session.mount("http://", HTTPAdapter(max_retries=retry))
             job = session.post(
                 f"{self.stack.url}/add",
                 json=card_body(),

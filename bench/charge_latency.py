@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from bson import ObjectId
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
-from bson import ObjectId
 
 from bench.common import run_env, summary, table
 from bench.stack import Stack, TaskTimes

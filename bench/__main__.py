@@ -133,6 +133,22 @@ def cpu_per_charge(before: dict[str, float], after: dict[str, float], charges: i
     return ", ".join(parts)
 
 
+def memory(stack: Any, charger: Any, charges: int) -> None:
+    """RSS of the largest API worker and of node 1's pool process, every few thousand charges."""
+    say("(2 worker nodes; charges from 8 clients; each line as it is measured)")
+    headers = ["charges so far", "charges/s", "API worker (largest)", "pool process of node 1"]
+    say(" | ".join(headers))
+    marks = [m for m in (1000, 2000, 5000, 10000, 20000) if m < charges]
+    for target in sorted({*marks, max(1000, charges)}):
+        rate: Any = "-"
+        if charger.count < target:
+            done, wall = charger.run(target - charger.count, 8)
+            rate = f"{len(done) / wall:.1f}"
+        api = max(rss_mib(p) for p in stack.api_worker_pids())
+        pool = rss_mib(stack.pool_pids()[0])
+        say(f"{charger.count} | {rate} | {api:.1f} | {pool:.1f}")
+
+
 def main() -> int:  # noqa: PLR0915 - one report, in order
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -141,6 +157,7 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
     parser.add_argument(
         "--memory-charges", type=int, default=3000, help="charges before the second RSS reading (e.g. 10000)"
     )
+    parser.add_argument("--memory-only", action="store_true", help="only the memory readings (section 5)")
     args = parser.parse_args()
     size = QUICK if args.quick else FULL
     from bench.charge_latency import Charger, ping_latency, ping_rate, steps, steps_table
@@ -155,6 +172,11 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
     )
     stack = Stack(run, run_env(run))
     try:
+        if args.memory_only:
+            stack.workers(2)
+            say("\n== 5. memory (RSS, MiB) ==")
+            memory(stack, Charger(stack), args.memory_charges)
+            return 0
         say("\n== 1. round trips and steps, in this process ==")
         say(roundtrips.report(roundtrips.measure(stack, size.inprocess)))
 
@@ -283,18 +305,7 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
         if args.quick:
             say("skipped (--quick)")
         else:
-            say("(2 worker nodes; charges from 8 clients; each line as it is measured)")
-            headers = ["charges so far", "charges/s", "API worker (largest)", "pool process of node 1"]
-            say(" | ".join(headers))
-            marks = [m for m in (1000, 2000, 5000, 10000, 20000) if m < args.memory_charges]
-            for target in sorted({*marks, max(1000, args.memory_charges)}):
-                rate: Any = "-"
-                if charger.count < target:
-                    done, wall = charger.run(target - charger.count, 8)
-                    rate = f"{len(done) / wall:.1f}"
-                api = max(rss_mib(p) for p in stack.api_worker_pids())
-                pool = rss_mib(stack.pool_pids()[0])
-                say(f"{charger.count} | {rate} | {api:.1f} | {pool:.1f}")
+            memory(stack, charger, args.memory_charges)
 
     finally:
         stack.close()

@@ -63,9 +63,9 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 token: $(STAMP) ## print a signed development token (ARGS="--type admin")
 	@$(PY) -m devstack token $(ARGS)
 
-bench: install ## charge latency (POST to ended job) against a ping baseline, on the local servers
+bench: install ## round trips, step breakdown, issue 10's goals, scaling, memory (ARGS="--quick")
 	$(PY) -m devstack up
-	$(PY) -m bench.charge_latency
+	$(PY) -m bench $(ARGS)
 
 bench-history: install ## charge, refund and GET /get on cards with 0, 10,000 and 100,000 earlier payments (ARGS="--ops 60")
 	$(PY) -m devstack up

@@ -1,53 +1,39 @@
-"""Refund events per second through the bridge and two workers, and produce-to-applied latency.
+"""Refund events per second through the bridge and the workers, and produce-to-applied latency.
 
     make stack-up && .venv/bin/python -m bench.refund_throughput [--events 1000] [--runs 3]
 
-Starts one refund bridge and two worker nodes (concurrency 1 each, as ``make
-dev``) on a private database, broker prefix and topic prefix; the servers must
-be running.  Each run produces ``--events`` product-refund events (one unit of
-0.01 each, spread over 50 payments) and waits until every one is credited.
-Latency is the credit's ledger time minus the Kafka record's CreateTime.
-Baseline, in the same run: how many no-op ``system.ping`` tasks the same two
-workers complete per second.
+Starts one refund bridge and two worker nodes (one pool process each, as
+``make dev``) on a private database, broker prefix and topic prefix, and
+waits until the two nodes answer and the bridge holds the topics' partitions
+(or fails: no figure is reported for fewer processes than it names).  Each
+run produces ``--events`` product-refund events (one unit of 0.01 each,
+spread over 50 payments) and waits until every one is credited.  Latency is
+the credit's ledger time minus the Kafka record's CreateTime.  Then a steady
+20 events/s, paced by the clock (an absolute schedule, each send at its own
+time whatever the sends before it cost).  Baseline, in the same run: how
+many no-op ``system.ping`` tasks the same workers complete per second.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from bson import ObjectId
 from kafka import KafkaProducer
 
-from bench.common import drop_run, percentile, run_env, worker_command
+from bench.common import paced, percentile, run_env, summary, table
+from bench.stack import Stack
 
-ROOT = Path(__file__).resolve().parent.parent
-RUN = f"rbench{uuid.uuid4().hex[:8]}"
-ENV = run_env(RUN)
 PAYMENTS = 50
-
-
-def start(args: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        args,
-        cwd=ROOT,
-        env={**os.environ, **ENV},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
 
 
 def seed(units: int) -> list[str]:
@@ -84,16 +70,43 @@ def seed(units: int) -> list[str]:
     return ids
 
 
-def one_run(settings: Any, payment_ids: list[str], events: int, pace: float = 0.0) -> dict[str, float]:
-    """Produce ``events`` (all at once, or one every ``pace`` seconds) and wait for every credit."""
+@dataclass
+class RefundRun:
+    events: int
+    events_per_s: float
+    latencies: list[float]  # produce (CreateTime) to ledger credit
+    steps: list[tuple[str, list[float]]]
+    produced_per_s: float | None = None  # the paced send rate achieved, for a paced run
+
+    def row(self) -> dict[str, float]:
+        s = summary(self.latencies)
+        row = {
+            "events_per_s": round(self.events_per_s, 1),
+            "median_ms": s["median_ms"],
+            "p99_ms": s["p99_ms"],
+        }
+        if self.produced_per_s is not None:
+            row["produced_per_s"] = round(self.produced_per_s, 2)
+        return row
+
+
+def one_run(
+    stack: Stack, payment_ids: list[str], events: int, rate: float | None = None, stall: float = 120
+) -> RefundRun:
+    """Produce ``events`` (all at once, or ``rate`` per second by the clock); wait for every credit.
+
+    Fails (TimeoutError) if no credit comes for ``stall`` seconds: a slow machine only
+    makes the run longer, a stuck pipeline stops it.
+    """
     from shared.models import LedgerEntry
 
-    producer = KafkaProducer(**settings.kafka_client_options, linger_ms=5)
+    settings = stack.settings
+    producer = KafkaProducer(**settings.kafka_client_options, linger_ms=0 if rate else 5)
     topic = settings.topic(settings.topic_product_refunded)
-    started = LedgerEntry.objects.count()
-    t0 = time.time()
+    started = LedgerEntry.objects(kind="credit").count()
     futures = []
-    for i in range(events):
+
+    def send(i: int) -> None:
         value = {
             "productId": "u",
             "price": 0.01,
@@ -101,33 +114,74 @@ def one_run(settings: Any, payment_ids: list[str], events: int, pace: float = 0.
             "paymentId": payment_ids[i % len(payment_ids)],
         }
         futures.append(producer.send(topic, json.dumps(value, separators=(",", ":")).encode()))
-        if pace:
-            producer.flush()
-            time.sleep(pace)
-    produced = {f"{topic}:{m.partition}:{m.offset}": m.timestamp / 1000 for m in (f.get(30) for f in futures)}
+
+    produced_rate = None
+    if rate:
+        produced_rate = paced(rate, events, send)
+    else:
+        for i in range(events):
+            send(i)
+    produced = {(m.partition, m.offset): m.timestamp / 1000 for m in (f.get(30) for f in futures)}
     producer.close()
-    while LedgerEntry.objects.count() - started < events:
+    applied, moved = 0, time.monotonic()
+    while applied < events:
+        count = LedgerEntry.objects(kind="credit").count() - started
+        if count > applied:
+            applied, moved = count, time.monotonic()
+        elif time.monotonic() - moved > stall:
+            raise TimeoutError(
+                f"refunds stalled: {applied} of {events} applied, none in the last {stall:.0f} s"
+            )
         time.sleep(0.05)
-    wall = time.time() - t0
-    latencies = []
-    for entry in LedgerEntry.objects(id__in=[f"credit:{eid}" for eid in produced]).only("id", "at"):
-        applied = (
-            entry.at.replace(tzinfo=UTC).timestamp() if entry.at.tzinfo is None else entry.at.timestamp()
-        )
-        latencies.append(applied - produced[entry.id.removeprefix("credit:")])
-    return {
-        "events_per_s": events / wall,
-        "latency_median_ms": statistics.median(latencies) * 1000,
-        "latency_p99_ms": percentile(latencies, 0.99) * 1000,
+    credits: dict[tuple[int, int], tuple[str, float]] = {}
+    for entry in LedgerEntry.objects(kind="credit").only("id", "at"):
+        event_id = entry.id.removeprefix("credit:")
+        partition, offset = (int(p) for p in event_id.rsplit(":", 2)[1:])
+        if (partition, offset) in produced:
+            credits[(partition, offset)] = (event_id, _seconds(entry.at))
+    if len(credits) != events:
+        raise RuntimeError(f"{len(credits)} credits matched {events} events")
+    latencies = [at - produced[key] for key, (_eid, at) in credits.items()]
+    first, last = min(produced.values()), max(at for _eid, at in credits.values())
+    steps = _steps(stack, produced, credits)
+    return RefundRun(events, events / max(last - first, 1e-9), latencies, steps, produced_rate)
+
+
+def _steps(
+    stack: Stack, produced: dict[tuple[int, int], float], credits: dict[tuple[int, int], tuple[str, float]]
+) -> list[tuple[str, list[float]]]:
+    """Where each refund's time went: the inbox's hand-over time and the task events."""
+    from shared.models import RefundEvent
+
+    handed = {
+        e.id: _seconds(e.receivedAt)
+        for e in RefundEvent.objects(id__in=[eid for eid, _at in credits.values()]).only("id", "receivedAt")
     }
+    rows: dict[str, list[float]] = {k: [] for k in ("kafka", "queue", "handoff", "run", "total")}
+    for key, (eid, at) in credits.items():
+        rows["total"].append(at - produced[key])
+        task = stack.events.by_key.get(eid)
+        if eid in handed:
+            rows["kafka"].append(handed[eid] - produced[key])
+        if task is None:
+            continue
+        if task.started is not None and eid in handed:
+            rows["queue"].append(task.started - handed[eid])
+        if task.started is not None and task.received is not None:
+            rows["handoff"].append(task.started - task.received)
+        if task.runtime is not None:
+            rows["run"].append(task.runtime)
+    return [
+        ("Kafka + bridge: produced to handed over (inbox)", rows["kafka"]),
+        ("queue: handed over to task started", rows["queue"]),
+        ("  of which received to started in the pool", rows["handoff"]),
+        ("task run (refunds.refund_product)", rows["run"]),
+        ("total: produced to credited (ledger)", rows["total"]),
+    ]
 
 
-def ping_rate(celery: Any, count: int) -> float:
-    t0 = time.time()
-    results = [celery.send_task("system.ping") for _ in range(count)]
-    for result in results:
-        result.get(timeout=60)
-    return count / (time.time() - t0)
+def _seconds(at: Any) -> float:
+    return float(at.replace(tzinfo=UTC).timestamp() if at.tzinfo is None else at.timestamp())
 
 
 def main() -> int:
@@ -137,51 +191,33 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    os.environ.update(ENV)
-    from shared import db
-    from shared.kafka import ensure_topics
-    from shared.settings import load_settings
-    from workers.app import create_celery
+    from bench.charge_latency import ping_rate
 
-    settings = load_settings()
-    db.connect(settings)
-    ensure_topics(settings)
-    celery = create_celery(settings)
-    logging.getLogger().setLevel(logging.WARNING)
-    payment_ids = seed(units=args.events * args.runs + 200)
-    procs = [start([sys.executable, "-m", "workers.bridge"])]
-    for node in ("r1", "r2"):
-        procs.append(start(worker_command(f"{node}-{RUN}", "refunds,maintenance")))
+    run = f"rbench{uuid.uuid4().hex[:8]}"
+    stack = Stack(run, run_env(run), api=False)
     try:
-        deadline = time.time() + 60
-        while len(celery.control.ping(timeout=1)) < 2 and time.time() < deadline:
-            time.sleep(0.3)
-        time.sleep(3)  # the bridge joins its group
-        ping_rate(celery, 50)  # warm-up
-        baseline = ping_rate(celery, args.events)
-        runs = [one_run(settings, payment_ids, args.events) for _ in range(args.runs)]
-        # Latency without a backlog: a steady 20 events/s, well under capacity.
-        paced = one_run(settings, payment_ids, 200, pace=0.05)
+        payment_ids = seed(units=(args.events * args.runs + 400) // PAYMENTS + 10)
+        stack.workers(2)
+        stack.bridges(1)
+        ping_rate(stack, 50)  # warm-up
+        baseline = ping_rate(stack, args.events)
+        runs = [one_run(stack, payment_ids, args.events) for _ in range(args.runs)]
+        steady = one_run(stack, payment_ids, 200, rate=20)
     finally:
-        for proc in procs:
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            proc.wait(timeout=60)
-        drop_run(RUN, ENV, settings)
-    rates = [r["events_per_s"] for r in runs]
-    report = {
-        "events_per_run": args.events,
-        "runs": [{k: round(v, 1) for k, v in r.items()} for r in runs],
-        "median_events_per_s": round(statistics.median(rates), 1),
-        "median_latency_median_ms": round(statistics.median(r["latency_median_ms"] for r in runs), 1),
-        "median_latency_p99_ms": round(statistics.median(r["latency_p99_ms"] for r in runs), 1),
-        "paced_20_per_s": {k: round(v, 1) for k, v in paced.items() if k != "events_per_s"},
-        "baseline_ping_tasks_per_s": round(baseline, 1),
-        "ratio_refunds_to_ping": round(statistics.median(rates) / baseline, 2),
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    print(json.dumps(report, indent=2))
+        stack.close()
+    rates = [r.events_per_s for r in runs]
+    print(f"bursts of {args.events}: {[r.row() for r in runs]}")
+    print(
+        f"median {statistics.median(rates):.1f} events/s; no-op tasks {baseline:.1f}/s; "
+        f"ratio {statistics.median(rates) / baseline:.2f}"
+    )
+    print(f"steady 20/s: {steady.row()}, p99 {percentile(steady.latencies, 0.99) * 1000:.1f} ms")
+    print(table(["step (last burst)", "median ms", "p99 ms"], _rows(runs[-1].steps)))
     return 0
+
+
+def _rows(steps: list[tuple[str, list[float]]]) -> list[list[Any]]:
+    return [[n, summary(v)["median_ms"], summary(v)["p99_ms"]] for n, v in steps if v]
 
 
 if __name__ == "__main__":

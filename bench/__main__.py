@@ -1,0 +1,322 @@
+"""``make bench``: round trips, step breakdown, goals of issue 10, scaling and memory, in one run.
+
+    make stack-up && .venv/bin/python -m bench [--quick] [--memory-charges 10000]
+
+On the running servers, in a private database, broker prefix and topics:
+
+1. **round trips and steps, in this process** (bench/roundtrips.py): the
+   MongoDB commands of one charge (API and task), one job poll, one refund
+   (bridge and task), by command and collection, and the time of each step;
+2. **the service's processes**: gunicorn, two worker nodes of one pool
+   process each and one refund bridge (as ``make dev``): no-op
+   ``system.ping`` one at a time and all at once, charges from one client
+   and from eight, bursts of refund events and a steady 20 events/s, each
+   with its step breakdown; then a plain 2-process Celery prefork worker
+   (bench/noop_app.py) on the same broker;
+3. **the goals** of issue 10 as ratios, PASS or MISS (reported, not asserted);
+4. **memory**: RSS of an API worker and a Celery pool process after 1,000
+   charges and after ``--memory-charges``;
+5. **scaling**: charges/s and refunds/s with 1, 2 and 4 worker processes
+   and with 1 and 2 bridges.
+
+Every task's end is seen by its ``task-succeeded`` event (bench/stack.py).
+The machine is shared: compare ratios within one run, not across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pymongo import monitoring
+
+from bench import roundtrips
+from bench.common import (
+    Goal,
+    cpu_seconds,
+    listener_pid,
+    percentile,
+    rss_mib,
+    run_env,
+    summary,
+    table,
+    wait_until,
+)
+
+monitoring.register(roundtrips.COUNTER)  # before any MongoDB client of this process exists
+
+
+@dataclass(frozen=True)
+class Sizes:
+    inprocess: int
+    alone: int  # one-at-a-time pings and one-client charges
+    noop: int  # no-op tasks sent at once
+    loaded: int  # charges from 8 clients
+    burst: int  # refund events per burst
+    bursts: int
+    steady: int  # events at 20/s
+    scale_charges: int
+    scale_refunds: int
+
+
+FULL = Sizes(30, 150, 1000, 400, 1000, 1, 200, 160, 300)
+QUICK = Sizes(10, 40, 300, 96, 300, 1, 60, 48, 200)
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def plain_rate(stack: Any, count: int) -> float:
+    """No-op tasks/s of a plain Celery worker with 2 prefork processes on the same broker."""
+    from bench.charge_latency import task_rate
+    from bench.stack import TaskEvents, _start
+
+    env = {
+        **stack.env,
+        "BENCH_PLAIN_BROKER": stack.env["CELERY_BROKER_URL"],
+        "BENCH_PLAIN_PREFIX": f"{stack.run}-plain:",
+    }
+    os.environ.update({k: env[k] for k in ("BENCH_PLAIN_BROKER", "BENCH_PLAIN_PREFIX")})
+    from bench.noop_app import app
+
+    celery = str(Path(sys.executable).parent / "celery")
+    proc = _start(
+        [
+            *(celery, "-A", "bench.noop_app", "worker", "--concurrency", "2", "-P", "prefork"),
+            *("-n", f"plain-{stack.run}@%h", "--loglevel", "WARNING"),
+        ],
+        env,
+    )
+    events = TaskEvents(app)
+    try:
+        wait_until("the plain Celery worker answers", lambda: len(app.control.ping(timeout=1.0)) == 1, 60)
+        send = lambda: app.send_task("noop").id  # noqa: E731
+        wait = lambda ids: events.wait_all(ids, timeout=120)  # noqa: E731
+        task_rate(send, wait, 100)
+        return task_rate(send, wait, count)
+    finally:
+        stack._stop(proc)
+        events.close()
+
+
+def server_cpu() -> dict[str, float]:
+    """CPU seconds so far of the servers (shared with every other user of the machine)."""
+    from devstack import servers
+
+    found = {}
+    for name, port in (
+        ("mongo", servers.MONGO_PORT),
+        ("redis", servers.REDIS_PORT),
+        ("kafka", servers.KAFKA_PORT),
+    ):
+        pid = listener_pid(port)
+        if pid is not None:
+            found[name] = cpu_seconds(pid)
+    return found
+
+
+def service_cpu(stack: Any) -> dict[str, float]:
+    pids = {"api": stack.api_worker_pids(), "workers": stack.pool_pids() + stack.node_pids()}
+    return {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
+
+
+def cpu_per_charge(before: dict[str, float], after: dict[str, float], charges: int) -> str:
+    parts = [f"{k} {1000 * (after[k] - before[k]) / charges:.1f}" for k in after if k in before]
+    return ", ".join(parts)
+
+
+def memory(stack: Any, charger: Any, charges: int) -> None:
+    """RSS of the largest API worker and of node 1's pool process, every few thousand charges."""
+    say("(2 worker nodes; charges from 8 clients; each line as it is measured)")
+    headers = ["charges so far", "charges/s", "API worker (largest)", "pool process of node 1"]
+    say(" | ".join(headers))
+    marks = [m for m in (1000, 2000, 5000, 10000, 20000) if m < charges]
+    for target in sorted({*marks, max(1000, charges)}):
+        rate: Any = "-"
+        if charger.count < target:
+            done, wall = charger.run(target - charger.count, 8)
+            rate = f"{len(done) / wall:.1f}"
+        api = max(rss_mib(p) for p in stack.api_worker_pids())
+        pool = rss_mib(stack.pool_pids()[0])
+        say(f"{charger.count} | {rate} | {api:.1f} | {pool:.1f}")
+
+
+def main() -> int:  # noqa: PLR0915 - one report, in order
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small counts, no memory run (about 2 min)")
+    parser.add_argument(
+        "--memory-charges", type=int, default=3000, help="charges before the second RSS reading (e.g. 10000)"
+    )
+    parser.add_argument("--memory-only", action="store_true", help="only the memory readings (section 5)")
+    args = parser.parse_args()
+    size = QUICK if args.quick else FULL
+    from bench.charge_latency import Charger, ping_latency, ping_rate, steps, steps_table
+    from bench.refund_throughput import PAYMENTS, one_run, seed
+    from bench.stack import Stack
+
+    run = f"bench{uuid.uuid4().hex[:8]}"
+    begun = time.monotonic()
+    say(
+        f"make bench{' --quick' if args.quick else ''}: run {run}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f} (other users of the machine count too)"
+    )
+    stack = Stack(run, run_env(run))
+    try:
+        if args.memory_only:
+            stack.workers(2)
+            say("\n== 5. memory (RSS, MiB) ==")
+            memory(stack, Charger(stack), args.memory_charges)
+            return 0
+        say("\n== 1. round trips and steps, in this process ==")
+        say(roundtrips.report(roundtrips.measure(stack, size.inprocess)))
+
+        say("\n== 2. the service's processes: 2 worker nodes (1 pool process each), 1 bridge ==")
+        scale_events = size.scale_refunds * 5
+        payment_ids = seed(units=(size.burst * size.bursts + size.steady + scale_events) // PAYMENTS + 20)
+        stack.workers(2)
+        stack.bridges(1)
+        charger = Charger(stack)
+        ping_latency(stack, 20)  # warm-up: connections, pools, indexes
+        charger.run(16, 8)
+        ping_alone = ping_latency(stack, size.alone)
+        say(f"no-op system.ping, one at a time: {summary(ping_alone)}")
+        alone, _ = charger.run(size.alone, 1)
+        say(f"charge, one client: {summary([c.latency for c in alone])}")
+        noop = ping_rate(stack, size.noop)
+        say(f"no-op system.ping, {size.noop} at once: {noop:.1f} tasks/s")
+        cpu0, srv0 = service_cpu(stack), server_cpu()
+        loaded, wall = charger.run(size.loaded, 8)
+        cpu1, srv1 = service_cpu(stack), server_cpu()
+        charge_rate = len(loaded) / wall
+        say(f"charge, 8 clients: {summary([c.latency for c in loaded])}, {charge_rate:.1f} charges/s")
+        say(f"  CPU ms per charge: {cpu_per_charge(cpu0, cpu1, len(loaded))}")
+        say(f"  servers' CPU ms per charge (shared, noisy): {cpu_per_charge(srv0, srv1, len(loaded))}")
+        say("\ncharge steps, one client (ms):")
+        say(steps_table(steps(alone)))
+        say("\ncharge steps, 8 clients (ms):")
+        say(steps_table(steps(loaded)))
+        bursts = []
+        for _ in range(size.bursts):
+            bursts.append(one_run(stack, payment_ids, size.burst))
+            say(f"refund burst of {bursts[-1].events}: {bursts[-1].row()}")
+        steady = one_run(stack, payment_ids, size.steady, rate=20)
+        say(f"refunds at a steady 20/s (paced by the clock): {steady.row()}")
+        say(f"\nrefund steps, burst of {bursts[-1].events} (ms):")
+        say(table(["step", "median ms", "p99 ms"], _rows(bursts[-1].steps)))
+        say("\nrefund steps, steady 20/s (ms):")
+        say(table(["step", "median ms", "p99 ms"], _rows(steady.steps)))
+        plain = plain_rate(stack, size.noop)
+        say(f"\nplain Celery (2 prefork processes) no-op, {size.noop} at once: {plain:.1f} tasks/s")
+        refund_rate = statistics.median(b.events_per_s for b in bursts)
+        burst_p99 = statistics.median(percentile(b.latencies, 0.99) for b in bursts)
+        alone_median = statistics.median(c.latency for c in alone)
+        loaded_p99 = percentile([c.latency for c in loaded], 0.99)
+
+        say("\n== 3. goals of issue 10 (ratios within this run; reported, not asserted) ==")
+        burst_note = "" if size.burst == 1000 else f" (bursts of {size.burst}: --quick)"
+        goals = [
+            Goal(
+                "charges/s with 8 clients / no-op tasks/s of the same workers",
+                charge_rate,
+                noop,
+                0.4,
+                True,
+                f"{charge_rate:.1f} / {noop:.1f}",
+            ),
+            Goal(
+                "charges/s / plain 2-process Celery no-op tasks/s",
+                charge_rate,
+                plain,
+                0.25,
+                True,
+                f"{charge_rate:.1f} / {plain:.1f}",
+            ),
+            Goal(
+                "refund events/s / no-op tasks/s",
+                refund_rate,
+                noop,
+                1.0,
+                True,
+                f"{refund_rate:.1f} / {noop:.1f}",
+            ),
+            Goal(
+                "burst of 1,000 refunds, all applied: p99 seconds" + burst_note,
+                burst_p99,
+                1.0,
+                3.0,
+                False,
+                f"p99 {burst_p99:.2f} s",
+            ),
+            Goal(
+                "charge p99 with 8 clients / median of one client alone",
+                loaded_p99,
+                alone_median,
+                3.0,
+                False,
+                f"{loaded_p99 * 1000:.1f} ms / {alone_median * 1000:.1f} ms",
+            ),
+        ]
+        for goal in goals:
+            say(goal.line())
+
+        say("\n== 4. scaling (worker nodes of 1 pool process; bridges) ==")
+        rows: list[list[Any]] = [[2, 1, noop, charge_rate, bursts[-1].events_per_s]]
+
+        def measure(workers: int, bridges: int, charges: bool = True) -> None:
+            stack.workers(workers)
+            stack.bridges(bridges)
+            rate = ping_rate(stack, size.noop // 2) if charges else "-"
+            done = charger.run(size.scale_charges, 8) if charges else None
+            refunds = one_run(stack, payment_ids, size.scale_refunds)
+            charged = len(done[0]) / done[1] if done else "-"
+            rows.append([workers, bridges, rate, charged, refunds.events_per_s])
+            say(f"  {workers} workers, {bridges} bridges: done")
+
+        measure(1, 1)
+        measure(4, 1)
+        measure(4, 2)
+        measure(2, 2, charges=False)
+        rows.sort(key=lambda r: (r[1], r[0]))
+        say(
+            table(
+                [
+                    "worker processes",
+                    "bridges",
+                    "no-op tasks/s",
+                    "charges/s (8 clients)",
+                    "refunds/s (burst)",
+                ],
+                rows,
+            )
+        )
+        say(f"(refund bursts of {size.scale_refunds} in the scaling rows, of {size.burst} in the 2/1 row)")
+
+        say("\n== 5. memory (RSS, MiB) ==")
+        if args.quick:
+            say("skipped (--quick)")
+        else:
+            memory(stack, charger, args.memory_charges)
+
+    finally:
+        stack.close()
+    say(f"\nbench took {time.monotonic() - begun:.0f} s; load average {os.getloadavg()[0]:.1f}")
+    say(f"POSTs answered 503 (database too slow) and sent again by the clients: {charger.retried}")
+    return 0
+
+
+def _rows(steps: list[tuple[str, list[float]]]) -> list[list[Any]]:
+    return [[n, summary(v)["median_ms"], summary(v)["p99_ms"]] for n, v in steps if v]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

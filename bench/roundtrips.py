@@ -1,0 +1,250 @@
+"""The MongoDB round trips and the steps of one charge, one refund and one job poll, in this process.
+
+Runs the service's own code in the benchmark's process, so that a pymongo
+``CommandListener`` sees every command (name, collection, duration) and
+wrappers time the other steps (the checkout service's HTTP call, the Kafka
+send and its acknowledgement):
+
+- **charge, API**: ``POST /pay/<checkout>`` through the Flask app (test
+  client; the task is recorded instead of sent);
+- **charge, task**: ``payments.charge`` run eagerly on that job;
+- **job poll**: ``GET /jobs/<id>`` through the Flask app;
+- **refund, bridge**: a real Kafka record handed over by ``RefundBridge.handle``
+  (the task recorded instead of sent);
+- **refund, task**: ``refunds.refund_product`` run eagerly on it.
+
+The step breakdown is the median (and p99) over ``count`` repetitions of
+each step, in the order the code runs them; "python and the rest" is the
+total less the timed steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from bson import ObjectId
+
+from bench.common import Command, CommandCounter, by_command, percentile, table
+
+COUNTER = CommandCounter()
+#: Each charge pays 100 units of 0.01, so that one payment can take the refunds.
+UNITS: dict[str, Any] = {"productId": "u", "quantity": 100, "price": 0.01, "sellerId": "s"}
+
+
+class Recorder:
+    """Stands in for the Celery app as a task sender: keeps what would be sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list[Any], dict[str, Any]]] = []
+
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None, **_options: Any) -> Any:
+        self.sent.append((name, list(args or []), dict(kwargs or {})))
+        return _Sent(uuid.uuid4().hex)
+
+
+@dataclass
+class _Sent:
+    id: str
+
+
+@contextlib.contextmanager
+def instrumented(counter: CommandCounter) -> Iterator[None]:
+    """Time every HTTP request (requests) and Kafka send and acknowledgement of this process."""
+    from kafka import KafkaProducer
+    from kafka.producer.future import FutureRecordMetadata
+    from requests.adapters import HTTPAdapter
+
+    originals = [(HTTPAdapter, "send"), (KafkaProducer, "send"), (FutureRecordMetadata, "get")]
+    saved = [getattr(cls, name) for cls, name in originals]
+    http_send, kafka_send, kafka_get = saved
+
+    def timed_http(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        with counter.span("http", f"HTTP {request.method} checkout"):
+            return http_send(self, request, *args, **kwargs)
+
+    def timed_send(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with counter.span("kafka", "kafka send"):
+            return kafka_send(self, *args, **kwargs)
+
+    def timed_get(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with counter.span("kafka", "kafka ack wait"):
+            return kafka_get(self, *args, **kwargs)
+
+    for (cls, name), timed in zip(originals, (timed_http, timed_send, timed_get), strict=True):
+        setattr(cls, name, timed)
+    try:
+        yield
+    finally:
+        for (cls, name), original in zip(originals, saved, strict=True):
+            setattr(cls, name, original)
+
+
+@dataclass
+class Step:
+    """One thing measured ``n`` times: total durations and the steps of each run."""
+
+    name: str
+    totals: list[float]
+    runs: list[list[Command]]
+
+    def add(self, total: float, commands: list[Command]) -> None:
+        self.totals.append(total)
+        self.runs.append(commands)
+
+    def counts(self) -> dict[str, int]:
+        return dict(sorted(by_command(self.runs[-1]).items()))
+
+    def round_trips(self) -> int:
+        return sum(1 for c in self.runs[-1] if c.kind == "mongo")
+
+    def breakdown(self) -> list[tuple[str, float, float]]:
+        """(step, median s, p99 s), in the order of the last run; the rest last."""
+        order = [c.label for c in sorted(self.runs[-1], key=lambda c: c.end)]
+        same = all([c.label for c in sorted(r, key=lambda c: c.end)] == order for r in self.runs)
+        rows: list[tuple[str, float, float]] = []
+        if same:
+            for i, label in enumerate(order):
+                values = [sorted(r, key=lambda c: c.end)[i].seconds for r in self.runs]
+                rows.append((f"{i + 1:>2} {label}", statistics.median(values), percentile(values, 0.99)))
+        else:  # the path varied between runs (a retry): sum per label instead
+            for label in sorted(set(order)):
+                values = [sum(c.seconds for c in r if c.label == label) for r in self.runs]
+                rows.append((f"   {label} (all)", statistics.median(values), percentile(values, 0.99)))
+        rest = [t - sum(c.seconds for c in r) for t, r in zip(self.totals, self.runs, strict=True)]
+        rows.append(("   python and the rest", statistics.median(rest), percentile(rest, 0.99)))
+        rows.append(("   total", statistics.median(self.totals), percentile(self.totals, 0.99)))
+        return rows
+
+
+def _timed(work: Callable[[], Any]) -> tuple[Any, float, list[Command]]:
+    t0 = time.perf_counter()
+    result, commands = COUNTER.record(work)
+    return result, time.perf_counter() - t0, commands
+
+
+class InProcess:
+    """The service's API (Flask test client) and tasks (run eagerly) in this process."""
+
+    def __init__(self, stack: Any) -> None:
+        from bench.charge_latency import card_body
+        from devstack.tokens import make_token
+        from web import create_app
+
+        self.stack, self.settings, self.celery = stack, stack.settings, stack.celery
+        self.celery.loader.import_default_modules()
+        self.sender = Recorder()
+        self.client = create_app(self.settings, celery=self.sender).test_client()
+        self.owner = str(ObjectId())
+        token = make_token(self.owner, ["default"], 60, secret=self.settings.jwt_secret.get_secret_value())
+        self.headers = {"Authorization": f"Bearer {token}"}
+        job_id = self.post("/api/payment/add", card_body())
+        self.run_sent()
+        self.card_id = self.get(f"/api/payment/jobs/{job_id}")["result"]["id"]
+
+    def post(self, url: str, body: dict[str, Any] | None = None) -> str:
+        response = self.client.post(url, json=body, headers=self.headers)
+        if response.status_code != 202:
+            raise RuntimeError(f"{url} answered {response.status_code}: {response.get_json()}")
+        return str(response.get_json()["id"])
+
+    def get(self, url: str) -> dict[str, Any]:
+        response = self.client.get(url, headers=self.headers)
+        if response.status_code != 200:
+            raise RuntimeError(f"{url} answered {response.status_code}: {response.get_json()}")
+        body: dict[str, Any] = response.get_json()
+        return body
+
+    def run_sent(self) -> None:
+        """Run the task the last request would have sent, here and now."""
+        name, args, kwargs = self.sender.sent.pop()
+        result = self.celery.tasks[name].apply(args=args, kwargs=kwargs)
+        if not result.successful():
+            raise RuntimeError(f"{name} failed: {result.result!r}")
+
+    def charges(self, count: int) -> dict[str, Step]:
+        steps = {name: Step(name, [], []) for name in ("charge API", "charge task", "job poll")}
+        for i in range(count + 1):  # the first warms up (indexes, connections)
+            checkout = self.stack.store.put(
+                {"userId": self.owner, "totalPrice": 1.0, "isActive": True, "products": [UNITS]}
+            )
+            url = f"/api/payment/pay/{checkout['_id']}?cardId={self.card_id}"
+            job_id, t_api, c_api = _timed(partial(self.post, url))
+            _, t_task, c_task = _timed(self.run_sent)
+            job, t_poll, c_poll = _timed(partial(self.get, f"/api/payment/jobs/{job_id}"))
+            if job["status"] != "succeeded":
+                raise RuntimeError(f"charge did not succeed: {job}")
+            if i:
+                steps["charge API"].add(t_api, c_api)
+                steps["charge task"].add(t_task, c_task)
+                steps["job poll"].add(t_poll, c_poll)
+        return steps
+
+    def refunds(self, count: int) -> dict[str, Step]:
+        """Refunds of one unit each of a payment charged by :meth:`charges`."""
+        from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+        from shared.models import Payment
+        from workers.bridge import RefundBridge
+
+        if count + 1 > UNITS["quantity"]:
+            raise ValueError(f"at most {UNITS['quantity'] - 1} repetitions")
+        payment = Payment.objects(userId=self.owner, state="charged").first()
+        settings = self.settings
+        topic = settings.topic(settings.topic_product_refunded)
+        producer = KafkaProducer(**settings.kafka_client_options)
+        consumer = KafkaConsumer(**settings.kafka_client_options, enable_auto_commit=False)
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        consumer.seek_to_end(partition)
+        consumer.position(partition)  # resolved now, before the first record is produced
+        bridge = RefundBridge(settings, self.sender, consumer=consumer)
+        value = b'{"productId":"u","price":0.01,"cardNumber":"************4242","paymentId":"%s"}'
+        steps = {name: Step(name, [], []) for name in ("refund bridge", "refund task")}
+        try:
+            for i in range(count + 1):
+                producer.send(topic, value % str(payment.id).encode(), partition=0).get(timeout=30)
+                records: list[Any] = []
+                deadline = time.monotonic() + 30
+                while not records and time.monotonic() < deadline:
+                    records = consumer.poll(timeout_ms=1000).get(partition, [])
+                if len(records) != 1:
+                    raise RuntimeError(f"expected 1 refund record, got {len(records)}")
+                _, t_bridge, c_bridge = _timed(partial(bridge.handle, records[0]))
+                _, t_task, c_task = _timed(self.run_sent)
+                if i:
+                    steps["refund bridge"].add(t_bridge, c_bridge)
+                    steps["refund task"].add(t_task, c_task)
+        finally:
+            producer.close()
+            consumer.close()
+        return steps
+
+
+def measure(stack: Any, count: int) -> dict[str, Step]:
+    """Run ``count`` charges, job polls and refunds in this process; their steps."""
+    here = InProcess(stack)
+    with instrumented(COUNTER):
+        return {**here.charges(count), **here.refunds(count)}
+
+
+def report(steps: dict[str, Step]) -> str:
+    lines = ["MongoDB round trips (by command and collection):"]
+    rows = []
+    for step in steps.values():
+        counts = ", ".join(f"{k} x{v}" for k, v in step.counts().items())
+        rows.append([step.name, step.round_trips(), counts])
+    lines.append(table(["what", "round trips", "commands"], rows))
+    lines.append("")
+    lines.append(f"Steps, in this process (median and p99 of {len(next(iter(steps.values())).totals)}, ms):")
+    for step in steps.values():
+        lines.append(f"  {step.name}:")
+        for label, median, p99 in step.breakdown():
+            lines.append(f"    {label:<44} {median * 1000:8.2f} {p99 * 1000:8.2f}")
+    return "\n".join(lines)

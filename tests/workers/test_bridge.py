@@ -35,14 +35,19 @@ def bridge(settings: Settings, topics: list[str]) -> Iterator[subprocess.Popen[b
 
 
 def queued_tasks(settings: Settings) -> list[tuple[str, dict[str, object]]]:
-    """(task name, kwargs) of each message waiting in the refunds queue."""
+    """(per-event task name, kwargs) of each event waiting in the refunds queue, in order.
+
+    The bridge sends only batch tasks; each event in one is the message of
+    the per-event task that applies it alone.
+    """
     with redis.Redis.from_url(settings.broker_url) as client:
         raw = client.lrange(f"{BRIDGE_PREFIX}refunds", 0, -1)
     tasks = []
     for item in reversed(raw):  # kombu LPUSHes: oldest last
         message = json.loads(item)
         _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-        tasks.append((message["headers"]["task"], kwargs))
+        assert message["headers"]["task"] == "refunds.apply_batch", message["headers"]["task"]
+        tasks.extend((event["task"], event["kwargs"]) for event in kwargs["events"])
     return tasks
 
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer
 
 from shared.settings import Settings
 from tests.conftest import ROOT
@@ -150,3 +150,14 @@ def batches_handed_over(log: Path) -> list[int]:
         for entry in (json.loads(line) for line in log.read_text().splitlines() if line.startswith("{"))
         if entry.get("msg") == "refund batch handed over"
     ]
+
+
+def event_ids(settings: Settings, count: int) -> list[str]:
+    """The ids of the first ``count`` events on partition 0 of the product topic of ``settings``."""
+    topic = settings.topic(settings.topic_product_refunded)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        [described] = admin.describe_topics([topic])
+    finally:
+        admin.close()
+    return [f"{topic}:{described['topic_id']}:0:{offset}" for offset in range(count)]

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient
 
+from shared import db
 from shared.models import Card, LedgerEntry, Payment, RefundEvent
 from shared.services import inbox
 from shared.settings import Settings
@@ -29,6 +29,7 @@ from tests.web.conftest import Client
 from tests.workers.kafka_support import (
     batches_handed_over,
     bridge_process,
+    event_ids,
     handed_over,
     kcat_produce,
     read_topic,
@@ -69,17 +70,6 @@ def letters(settings: Settings, event_ids: list[str]) -> list[tuple[str, str, by
         if headers.get("event-id") in event_ids:
             found.append((headers["event-id"], headers["reason"], record.value))
     return found
-
-
-def event_ids(settings: Settings, count: int) -> list[str]:
-    """The ids of the first ``count`` events on partition 0 of the product topic of ``settings``."""
-    topic = settings.topic(settings.topic_product_refunded)
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    try:
-        [described] = admin.describe_topics([topic])
-    finally:
-        admin.close()
-    return [f"{topic}:{described['topic_id']}:0:{offset}" for offset in range(count)]
 
 
 def test_a_mixed_batch_with_a_bad_message_and_replayed_duplicates_applies_each_event_once(
@@ -233,6 +223,7 @@ def test_an_event_failing_transiently_in_a_batch_goes_on_alone_and_the_rest_are_
 
 def test_the_batch_message_carries_per_event_task_messages(settings: Settings) -> None:
     """The batch's items are the per-event messages: the sweep resends a lost batch's events alone."""
+    db.connect(settings)
     recorder = Recorder()
     event_id = f"{settings.topic(settings.topic_product_refunded)}:{uuid.uuid4()}:0:1"
     kwargs = {"event_id": event_id, "payment_id": "p", "product_id": "p-1", "price": "19.99", "raw": "{}"}

@@ -7,7 +7,9 @@ OOM kill would; at ``stall:NAME`` it sleeps, so that a test can kill the whole
 worker node while the task is in flight; at ``fail:NAME`` it raises a
 transient error (:class:`~shared.errors.ServiceUnavailable`) on the first
 ``TASK_MAX_RETRIES + 1`` passes, so the task runs out of its retries for real
-and only a later run (the recovery sweep's) gets through.  Passes are counted
+and only a later run (the recovery sweep's) gets through.  A point named
+``NAME@SUFFIX`` (any of the three forms) fires only for keys ending with
+``SUFFIX``: one event of a batch, say.  Passes are counted
 by creating marker files exclusively, so a redelivered task goes through.  In
 any other configuration a failpoint does nothing.
 """
@@ -57,16 +59,25 @@ def _first_time(settings: Settings, name: str, key: str) -> bool:
     return True
 
 
+def _armed(settings: Settings, point: str, key: str) -> bool:
+    """``point`` is named for every key, or (``point@SUFFIX``) for keys ending with ``SUFFIX``."""
+    for named in settings.failpoints:
+        base, _, suffix = named.partition("@")
+        if base == point and key.endswith(suffix):
+            return True
+    return False
+
+
 def failpoint(settings: Settings, name: str, key: str) -> None:
     if not settings.failpoints:
         return
-    if name in settings.failpoints and _first_time(settings, name, key):
+    if _armed(settings, name, key) and _first_time(settings, name, key):
         log.warning("failpoint %s: killing this process", name)
         os.kill(os.getpid(), signal.SIGKILL)
-    if f"stall:{name}" in settings.failpoints and _first_time(settings, f"stall:{name}", key):
+    if _armed(settings, f"stall:{name}", key) and _first_time(settings, f"stall:{name}", key):
         log.warning("failpoint %s: stalling for %ss", name, STALL_SECONDS)
         time.sleep(STALL_SECONDS)
-    if f"fail:{name}" in settings.failpoints and _passes(settings, f"fail:{name}", key) <= (
+    if _armed(settings, f"fail:{name}", key) and _passes(settings, f"fail:{name}", key) <= (
         settings.task_max_retries + 1
     ):
         log.warning("failpoint %s: failing as if the database were away", name)

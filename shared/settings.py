@@ -358,7 +358,8 @@ class Settings(BaseSettings):
         validation_alias="PAYMENT_FAILPOINTS",
         description=(
             "Test only: named points where a worker kills itself (NAME) or stalls (stall:NAME) on a job's"
-            " first attempt, or fails as if the database were away until its retries ran out (fail:NAME)."
+            " first attempt, or fails as if the database were away until its retries ran out (fail:NAME);"
+            " NAME@SUFFIX: only for keys ending with SUFFIX."
         ),
     )
 

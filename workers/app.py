@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -29,6 +30,14 @@ TASK_MODULES = [
     "workers.tasks.outbox",
     "workers.tasks.maintenance",
 ]
+
+
+#: The work of one Kafka event, and what tells whether its refund is recorded.
+EventWork = tuple[Callable[[], Any], Callable[[], bool]]
+
+#: A batch sends the events it has not reached after this long on as a new
+#: batch task, well inside the tasks' soft time limit (celeryconfig).
+BATCH_TIME_BUDGET_SECONDS = 45.0
 
 
 class PaymentCelery(Celery):
@@ -136,8 +145,7 @@ class PaymentTask(Task):
                 work()
                 inbox.settle(event_id, "applied")
             except RefundRejected as rejected:
-                events.dead_letter(self.settings, _raw(raw), event_id, rejected.code, rejected.detail)
-                inbox.settle(event_id, "dead_lettered", rejected.code)
+                self._reject(event_id, raw, rejected)
             except Exception as exc:
                 if not isinstance(exc, ServiceError | ConnectionFailure):
                     log.exception("event %s: unexpected error", event_id)
@@ -154,6 +162,90 @@ class PaymentTask(Task):
                 countdown = self._backoff()
                 log.info("event %s: %s; retry in %ss", event_id, exc, countdown)
                 raise self.retry(exc=exc, countdown=countdown) from None
+
+    def _reject(self, event_id: str, raw: str | None, rejected: RefundRejected) -> None:
+        """The event can never apply: it changed nothing; set it aside with its reason."""
+        events.dead_letter(self.settings, _raw(raw), event_id, rejected.code, rejected.detail)
+        inbox.settle(event_id, "dead_lettered", rejected.code)
+
+    def run_batch(self, batch: list[dict[str, Any]], work_of: Mapping[str, Callable[..., EventWork]]) -> None:
+        """Apply a batch of Kafka events in order, each once, as its own per-event task would.
+
+        Each item is a per-event task message (``{"task", "kwargs"}``, the
+        kwargs holding the event id).  One read and one write of the inbox
+        start the batch (events already settled are skipped, the others
+        touched) and one write ends it (the applied ones settled); in between
+        each event runs under its own event id.  A rejected event is
+        dead-lettered at once.  An event that fails transiently is sent on as
+        its own per-event task, which keeps the retry and dead-letter chain of
+        ``run_event``, and the batch goes on: no event holds back or repeats
+        another.
+
+        If the worker dies mid-batch, the redelivered batch runs again: the
+        events it had finished are no-ops by event id, the one in hand
+        resumes where its steps stopped.  If the message is lost, every event
+        not settled is still ``received`` in the inbox, where the sweep sends
+        it again on its own.
+        """
+        started = time.monotonic()
+        try:
+            done = inbox.begin_batch(e["kwargs"]["event_id"] for e in batch)
+        except Exception as exc:  # noqa: BLE001 - the database is away: the batch retries
+            self._retry_batch(batch, exc)
+            return
+        applied: list[str] = []
+        rest: list[dict[str, Any]] = []
+        for index, event in enumerate(batch):
+            task, kwargs = event["task"], event["kwargs"]
+            event_id = kwargs["event_id"]
+            if event_id in done:
+                continue
+            if time.monotonic() - started > BATCH_TIME_BUDGET_SECONDS:
+                rest = [e for e in batch[index:] if e["kwargs"]["event_id"] not in done]
+                break
+            done.add(event_id)  # a copy later in the batch changes nothing
+            with log_context(event_id=event_id):
+                try:
+                    try:
+                        work, _recorded = work_of[task](self.settings, **kwargs)
+                        work()
+                    except RefundRejected as rejected:
+                        self._reject(event_id, kwargs.get("raw"), rejected)
+                    else:
+                        applied.append(event_id)
+                except Exception as exc:  # noqa: BLE001 - any failure: the event goes on alone
+                    self._hand_on(task, kwargs, exc)
+        try:
+            inbox.settle_many(applied, "applied")
+        except Exception as exc:  # noqa: BLE001 - the database is away: the batch retries
+            # A rerun of the applied events only settles them (they are no-ops by event id).
+            finished = set(applied)
+            self._retry_batch([e for e in batch if e["kwargs"]["event_id"] in finished] + rest, exc)
+            return
+        if rest:
+            log.warning("batch out of time; %d events sent on as a new batch", len(rest))
+            self.app.send_task(self.name, kwargs={"events": rest})
+
+    def _hand_on(self, task: str, kwargs: dict[str, Any], exc: Exception) -> None:
+        """One event of a batch failed transiently: it goes on as its own per-event task."""
+        event_id = kwargs.get("event_id")
+        if not isinstance(exc, ServiceError | ConnectionFailure):
+            log.exception("event %s: unexpected error in a batch", event_id)
+        try:
+            self.app.send_task(task, kwargs=kwargs, countdown=1)
+        except Exception:  # the broker is away: the event is still received; the sweep sends it
+            log.exception("event %s: could not send it on; left to the inbox sweep", event_id)
+            return
+        log.info("event %s: %s; sent on as %s", event_id, exc, task)
+
+    def _retry_batch(self, batch: list[dict[str, Any]], exc: Exception) -> None:
+        """The inbox did not answer: run these events again later, or leave them to the sweep."""
+        if self.request.retries >= self.max_retries:
+            log.error("batch of %d events: retries exhausted; the inbox sweep resends them", len(batch))
+            return
+        countdown = self._backoff()
+        log.info("batch of %d events: %s; retry in %ss", len(batch), exc, countdown)
+        raise self.retry(kwargs={"events": batch}, exc=exc, countdown=countdown) from None
 
 
 def _may_be_recorded(recorded: Callable[[], bool] | None) -> bool:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+
+from pymongo import UpdateOne
 
 from shared.models import RefundEvent, status_key
 from shared.models.base import utcnow
@@ -26,6 +30,97 @@ def hand_over(sender: TaskSender, event_id: str, task: str, kwargs: dict[str, An
         set__updatedAt=now,
     )
     sender.send_task(task, kwargs=kwargs)
+
+
+@dataclass(frozen=True)
+class Handed:
+    """One event of a batch: its id and the per-event task (name and kwargs) that applies it."""
+
+    event_id: str
+    task: str
+    kwargs: dict[str, Any]
+
+    def message(self) -> dict[str, Any]:
+        """The event as it travels in a batch task's message (see docs/contracts.md)."""
+        return {"task": self.task, "kwargs": self.kwargs}
+
+
+def hand_over_batch(sender: TaskSender, batch_task: str, events: list[Handed]) -> None:
+    """Record every event of a batch in one bulk write, then send ONE task that applies them all.
+
+    Each event gets its own inbox entry (with its own per-event task and
+    kwargs), exactly as :func:`hand_over` writes it, so the sweep sends a lost
+    batch's events again one by one.  The bridge commits the offsets after this.
+    """
+    if not events:
+        return
+    now = utcnow()
+    RefundEvent._get_collection().bulk_write(
+        [
+            UpdateOne(
+                {"_id": e.event_id},
+                {
+                    "$setOnInsert": {
+                        "task": e.task,
+                        "kwargs": e.kwargs,
+                        "status": "received",
+                        "statusKey": status_key(e.event_id, "received"),
+                        "receivedAt": now,
+                    },
+                    "$set": {"updatedAt": now},
+                },
+                upsert=True,
+            )
+            for e in events
+        ],
+        ordered=False,
+    )
+    sender.send_task(batch_task, kwargs={"events": [e.message() for e in events]})
+
+
+def begin_batch(event_ids: Iterable[str]) -> set[str]:
+    """A batch starts: touch its events still ``received``; return the ids already settled.
+
+    Two round trips for the whole batch, both found by ``_id``.  An event
+    settled meanwhile may have its ``updatedAt`` moved: harmless, the sweep
+    reads it only for events still ``received``.
+    """
+    ids = list(dict.fromkeys(event_ids))
+    rows = RefundEvent._get_collection().find({"_id": {"$in": ids}}, {"status": 1})
+    settled = {row["_id"] for row in rows if row.get("status") != "received"}
+    open_ = [i for i in ids if i not in settled]
+    if open_:
+        RefundEvent._get_collection().update_many({"_id": {"$in": open_}}, {"$set": {"updatedAt": utcnow()}})
+    return settled
+
+
+def settle_many(event_ids: list[str], status: str) -> None:
+    """Settle events of a batch at once (those still ``received``), as :func:`settle` does one.
+
+    One bulk write, each update by the event's ``statusKey`` alone (one unique
+    index).  An entry stored before that key existed stays ``received`` here;
+    the sweep sends it again and its per-event task settles it.
+    """
+    if not event_ids:
+        return
+    now = utcnow()
+    RefundEvent._get_collection().bulk_write(
+        [
+            UpdateOne(
+                {"statusKey": status_key(event_id, "received")},
+                {
+                    "$set": {
+                        "status": status,
+                        "statusKey": status_key(event_id, status),
+                        "reason": None,
+                        "updatedAt": now,
+                    }
+                },
+            )
+            for event_id in dict.fromkeys(event_ids)
+        ],
+        ordered=False,
+    )
 
 
 def touch(event_id: str) -> None:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer
 
 from shared.settings import Settings
 from tests.environment import ROOT
@@ -25,11 +25,19 @@ def order_service_bytes(value: dict[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def kcat_produce(settings: Settings, topic: str, values: list[dict[str, Any]]) -> list[bytes]:
-    """Produce with kcat (librdkafka: not our client): one message a value, no key, no headers."""
-    lines = [order_service_bytes(v) for v in values]
+def kcat_produce(
+    settings: Settings, topic: str, values: list[dict[str, Any]] | list[Any], partition: int | None = None
+) -> list[bytes]:
+    """Produce with kcat (librdkafka: not our client): one message a value, no key, no headers.
+
+    A value given as bytes is sent as it is (a malformed message).  With
+    ``partition``, every message goes to that partition (in order, so a
+    test knows their offsets on a topic of its own).
+    """
+    lines = [v if isinstance(v, bytes) else order_service_bytes(v) for v in values]
+    where = [] if partition is None else ["-p", str(partition)]
     subprocess.run(
-        ["kcat", "-P", "-b", ",".join(settings.kafka_bootstrap), "-t", settings.topic(topic)],
+        ["kcat", "-P", "-b", ",".join(settings.kafka_bootstrap), "-t", settings.topic(topic), *where],
         input=b"\n".join(lines) + b"\n",
         check=True,
         timeout=60,
@@ -133,3 +141,23 @@ def handed_over(log: Path) -> list[str]:
             if entry.get("msg") == "refund event handed over":
                 ids.append(entry["event_id"])
     return ids
+
+
+def batches_handed_over(log: Path) -> list[int]:
+    """How many events each batch a bridge logged as handed over held, in order."""
+    return [
+        entry["events"]
+        for entry in (json.loads(line) for line in log.read_text().splitlines() if line.startswith("{"))
+        if entry.get("msg") == "refund batch handed over"
+    ]
+
+
+def event_ids(settings: Settings, count: int) -> list[str]:
+    """The ids of the first ``count`` events on partition 0 of the product topic of ``settings``."""
+    topic = settings.topic(settings.topic_product_refunded)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        [described] = admin.describe_topics([topic])
+    finally:
+        admin.close()
+    return [f"{topic}:{described['topic_id']}:0:{offset}" for offset in range(count)]

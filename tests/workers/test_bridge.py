@@ -11,17 +11,24 @@ import base64
 import json
 import signal
 import subprocess
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 from bson import ObjectId
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
+from shared import db
+from shared.models import RefundEvent
 from shared.settings import Settings
 from tests.environment import RUN_ID
 from tests.support import wait_until
-from tests.workers.kafka_support import bridge_process
+from tests.workers.kafka_support import bridge_process, event_ids, kcat_produce
+from tests.workers.test_refunds import isolated
+
+__all__ = ["isolated"]  # a fixture of the refund tests: refund topics of the test's own
 
 BRIDGE_PREFIX = f"{RUN_ID}bridge:"
 #: A consumer group of its own: other tests' bridges may consume the same topics meanwhile.
@@ -34,15 +41,28 @@ def bridge(settings: Settings, topics: list[str]) -> Iterator[subprocess.Popen[b
         yield proc
 
 
-def queued_tasks(settings: Settings) -> list[tuple[str, dict[str, object]]]:
-    """(task name, kwargs) of each message waiting in the refunds queue."""
+def queued_messages(settings: Settings, prefix: str = BRIDGE_PREFIX) -> list[tuple[str, dict[str, Any]]]:
+    """(task name, kwargs) of each message waiting in the refunds queue of ``prefix``, oldest first."""
     with redis.Redis.from_url(settings.broker_url) as client:
-        raw = client.lrange(f"{BRIDGE_PREFIX}refunds", 0, -1)
-    tasks = []
+        raw = client.lrange(f"{prefix}refunds", 0, -1)
+    messages = []
     for item in reversed(raw):  # kombu LPUSHes: oldest last
         message = json.loads(item)
         _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-        tasks.append((message["headers"]["task"], kwargs))
+        messages.append((message["headers"]["task"], kwargs))
+    return messages
+
+
+def queued_tasks(settings: Settings) -> list[tuple[str, dict[str, object]]]:
+    """(per-event task name, kwargs) of each event waiting in the refunds queue, in order.
+
+    The bridge sends only batch tasks; each event in one is the message of
+    the per-event task that applies it alone.
+    """
+    tasks = []
+    for name, kwargs in queued_messages(settings):
+        assert name == "refunds.apply_batch", name
+        tasks.extend((event["task"], event["kwargs"]) for event in kwargs["events"])
     return tasks
 
 
@@ -151,3 +171,61 @@ def test_bridge_hands_events_to_tasks_dead_letters_the_rest_and_commits(
     bridge.send_signal(signal.SIGTERM)
     assert bridge.wait(timeout=30) == 0
     assert len(our_tasks()) == 2
+
+
+def test_a_polled_batch_is_handed_over_as_one_task_carrying_every_event_in_order(
+    settings: Settings, isolated: Settings
+) -> None:
+    db.connect(settings)  # the refund inbox, read below
+    # All produced before the bridge starts: its first poll holds them all.
+    payment_id = str(ObjectId())
+    values = [{"productId": f"p-{i}", "price": 1.5, "paymentId": payment_id} for i in range(7)]
+    sent = kcat_produce(isolated, isolated.topic_product_refunded, values, partition=0)
+    ids = event_ids(isolated, 7)
+    prefix = f"{RUN_ID}bridgebatch{uuid.uuid4().hex[:4]}:"
+    env = {"CELERY_KEY_PREFIX": prefix, "KAFKA_TOPIC_PREFIX": isolated.kafka_topic_prefix}
+    try:
+        with bridge_process(env):
+            messages = wait_until(
+                lambda: queued_messages(settings, prefix), timeout=60, message="batch queued"
+            )
+            # Only then the offsets: all seven, committed together.
+            topic = TopicPartition(isolated.topic(isolated.topic_product_refunded), 0)
+            group = isolated.topic(isolated.bridge_group_id)
+
+            def committed() -> int:
+                admin = KafkaAdminClient(bootstrap_servers=isolated.kafka_bootstrap)
+                try:
+                    offsets = admin.list_group_offsets(group).get(group, {})
+                finally:
+                    admin.close()
+                return offsets[topic].offset if topic in offsets else -1
+
+            wait_until(lambda: committed() == 7, timeout=30, message="offsets committed")
+        assert [name for name, _kwargs in queued_messages(settings, prefix)] == ["refunds.apply_batch"]
+        [(_name, kwargs)] = messages
+        assert kwargs == {
+            "events": [
+                {
+                    "task": "refunds.refund_product",
+                    "kwargs": {
+                        "event_id": ids[i],
+                        "payment_id": payment_id,
+                        "product_id": f"p-{i}",
+                        "price": "1.50",
+                        "raw": sent[i].decode(),
+                    },
+                }
+                for i in range(7)
+            ]
+        }
+        # Each event has its own inbox entry, holding its per-event task for the sweep.
+        entries = {e.id: e for e in RefundEvent.objects(id__in=ids)}
+        assert [(entries[i].task, entries[i].kwargs, entries[i].status) for i in ids] == [
+            (e["task"], e["kwargs"], "received") for e in kwargs["events"]
+        ]
+    finally:
+        with redis.Redis.from_url(settings.broker_url) as client:
+            keys = list(client.scan_iter(f"{prefix}*"))
+            if keys:
+                client.delete(*keys)

@@ -1,11 +1,16 @@
 """The Kafka refund bridge: refund events from the order service become Celery tasks.
 
+Each polled batch is handed over in one go: the events of all its records
+written to the refund inbox in one bulk write, then ONE ``refunds.apply_batch``
+task that carries them all (each as the per-event task message that applies
+it alone), then the offsets committed.
+
 Delivery contract: at least once.  A record's offset is committed only after
-its task is in the broker (or, for a message that can never be applied, after
-the dead-letter topic acknowledged it).  The tasks are idempotent per event id
-(topic, topic id, partition, offset), so a redelivered record changes nothing
-twice, and a topic deleted and created again (a new topic id, offsets from 0)
-starts new ids.
+its event is in the inbox and its batch task in the broker (or, for a message
+that can never be applied, after the dead-letter topic acknowledged it).  The
+tasks are idempotent per event id (topic, topic id, partition, offset), so a
+redelivered record changes nothing twice, and a topic deleted and created
+again (a new topic id, offsets from 0) starts new ids.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Celery
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, TopicPartition
@@ -36,9 +41,13 @@ from workers.bridge.messages import (
 
 log = logging.getLogger(__name__)
 
-#: Public task names the bridge sends (the refund tasks register them).
+T = TypeVar("T")
+
+#: Public task names (the refund tasks register them): the bridge sends one
+#: batch task per poll; each event in it names the per-event task that applies it.
 REFUND_ORDER_TASK = "refunds.refund_order"
 REFUND_PRODUCT_TASK = "refunds.refund_product"
+APPLY_BATCH_TASK = "refunds.apply_batch"
 
 
 def event_id(record: ConsumerRecord, topic_id: str) -> str:
@@ -87,16 +96,16 @@ class RefundBridge:
         #: Topic name -> the id Kafka gave it when it was created (KIP-516).
         self.topic_ids: dict[str, str] = {}
         self._admin: KafkaAdminClient | None = None
-        self._handlers: dict[str, Callable[[ConsumerRecord], None]] = {
+        self._handlers: dict[str, Callable[[ConsumerRecord], inbox.Handed]] = {
             settings.topic(settings.topic_order_refunded): self._order_refunded,
             settings.topic(settings.topic_product_refunded): self._product_refunded,
         }
 
     # -- one record --------------------------------------------------------
 
-    def _order_refunded(self, record: ConsumerRecord) -> None:
+    def _order_refunded(self, record: ConsumerRecord) -> inbox.Handed:
         message: OrderRefunded = decode(record.value, OrderRefunded)
-        self._send(
+        return self._event(
             REFUND_ORDER_TASK,
             record,
             {
@@ -105,9 +114,9 @@ class RefundBridge:
             },
         )
 
-    def _product_refunded(self, record: ConsumerRecord) -> None:
+    def _product_refunded(self, record: ConsumerRecord) -> inbox.Handed:
         message: ProductRefunded = decode(record.value, ProductRefunded)
-        self._send(
+        return self._event(
             REFUND_PRODUCT_TASK,
             record,
             {
@@ -137,42 +146,64 @@ class RefundBridge:
     def event_id(self, record: ConsumerRecord) -> str:
         return event_id(record, self.topic_id(record.topic))
 
-    def _send(self, task: str, record: ConsumerRecord, kwargs: dict[str, Any]) -> None:
+    def _event(self, task: str, record: ConsumerRecord, kwargs: dict[str, Any]) -> inbox.Handed:
         eid = self.event_id(record)
         # The original value travels along, so a worker that finds the event
         # inapplicable can dead-letter it byte for byte.
         raw = scrub_card_numbers(record.value).decode("utf-8", errors="replace")
-        inbox.hand_over(self.celery, eid, task, {"event_id": eid, **kwargs, "raw": raw})
-        metrics.HANDED_OVER.labels(record.topic, "handed_over").inc()
-        log.info("refund event handed over", extra={"fields": {"event_id": eid, "task": task}})
+        return inbox.Handed(eid, task, {"event_id": eid, **kwargs, "raw": raw})
 
-    def handle(self, record: ConsumerRecord) -> None:
-        """Hand one record over, retrying transient failures until it is safe or we stop."""
+    def _retrying(self, what: str, step: Callable[[], T]) -> T:
+        """Run ``step``, retrying transient failures until it succeeds or we stop."""
         delay = 0.5
         while True:
             try:
-                eid = self.event_id(record)
-                with log_context(event_id=eid):
-                    try:
-                        self._handlers[record.topic](record)
-                    except BadMessage as problem:
-                        # Acknowledged by Kafka before the offset moves on.
-                        events.dead_letter(
-                            self.settings,
-                            scrub_card_numbers(record.value),
-                            eid,
-                            problem.reason,
-                            problem.detail,
-                        )
-                        metrics.DEAD_LETTERS.labels(problem.reason).inc()
-                        metrics.HANDED_OVER.labels(record.topic, "dead_lettered").inc()
-                return
+                return step()
             except Exception:
                 if self.stopping.is_set():
                     raise
-                log.exception("could not hand over refund event; retrying in %.1fs", delay)
+                log.exception("could not %s; retrying in %.1fs", what, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 30)
+
+    def prepare(self, record: ConsumerRecord) -> inbox.Handed | None:
+        """The event of one record, or None once a malformed record is set aside."""
+        return self._retrying("read a refund event", lambda: self._prepare(record))
+
+    def _prepare(self, record: ConsumerRecord) -> inbox.Handed | None:
+        eid = self.event_id(record)
+        with log_context(event_id=eid):
+            try:
+                return self._handlers[record.topic](record)
+            except BadMessage as problem:
+                # Acknowledged by Kafka before the offset moves on.
+                events.dead_letter(
+                    self.settings,
+                    scrub_card_numbers(record.value),
+                    eid,
+                    problem.reason,
+                    problem.detail,
+                )
+                metrics.DEAD_LETTERS.labels(problem.reason).inc()
+                metrics.HANDED_OVER.labels(record.topic, "dead_lettered").inc()
+                return None
+
+    def hand_over(self, handed: list[tuple[str, inbox.Handed]]) -> None:
+        """Hand a batch's events (with their topics) over at once: one inbox write, one task."""
+        events_ = [event for _topic, event in handed]
+        self._retrying(
+            "hand refund events over",
+            lambda: inbox.hand_over_batch(self.celery, APPLY_BATCH_TASK, events_),
+        )
+        log.info(
+            "refund batch handed over", extra={"fields": {"events": len(events_), "task": APPLY_BATCH_TASK}}
+        )
+        for topic, event in handed:
+            metrics.HANDED_OVER.labels(topic, "handed_over").inc()
+            log.info(
+                "refund event handed over",
+                extra={"fields": {"event_id": event.event_id, "task": event.task}},
+            )
 
     # -- the loop ----------------------------------------------------------
 
@@ -189,15 +220,17 @@ class RefundBridge:
                 self._admin.close()
 
     def _process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        """Hand over a polled batch; commit, per partition, what was handed over."""
-        handed: dict[TopicPartition, OffsetAndMetadata] = {}
-        try:
-            for tp, records in batch.items():
-                for record in records:
-                    if self.stopping.is_set():
-                        return
-                    self.handle(record)
-                    handed[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
-        finally:
-            if handed:
-                self.consumer.commit(handed)
+        """Hand a polled batch over in one go, then commit every partition's last offset in it."""
+        handed: list[tuple[str, inbox.Handed]] = []
+        for records in batch.values():
+            for record in records:
+                event = self.prepare(record)
+                if event is not None:
+                    handed.append((record.topic, event))
+        if handed:
+            self.hand_over(handed)
+        offsets = {
+            tp: OffsetAndMetadata(records[-1].offset + 1, "", -1) for tp, records in batch.items() if records
+        }
+        if offsets:
+            self.consumer.commit(offsets)

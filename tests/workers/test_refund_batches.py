@@ -1,0 +1,241 @@
+"""The bridge hands each polled batch over as one task; the batch applies each event once.
+
+Events are produced with kcat to partition 0 of topics of the test's own, so
+their offsets (the end of their event ids) are known before they are sent:
+a failpoint can name one event of a batch (``NAME@:0:<offset>``).  The
+events are all produced before the bridge starts, so its first poll holds
+them all: one batch.
+"""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared import db
+from shared.models import Card, LedgerEntry, Payment, RefundEvent
+from shared.services import inbox
+from shared.settings import Settings
+from tests.environment import stop_worker
+from tests.helpers import Client
+from tests.support import wait_until
+from tests.workers.kafka_support import (
+    batches_handed_over,
+    bridge_process,
+    event_ids,
+    handed_over,
+    kcat_produce,
+    read_topic,
+)
+from tests.workers.test_refund_finishing import Recorder
+from tests.workers.test_refunds import drain_refunds, isolated, paid, product_refund
+
+__all__ = ["isolated", "paid"]  # fixtures of the refund tests, used here too
+
+UNITS = [{"productId": "u", "quantity": 10, "price": 0.01, "sellerId": "s"}]  # total 0.10
+
+
+def balance(payment: dict[str, Any]) -> Decimal:
+    return Card.objects.get(id=payment["creditCardId"]).money
+
+
+def credits(payment: dict[str, Any]) -> dict[str, Any]:
+    """Ledger credit entries of the payment, by event id."""
+    return {
+        e.id.removeprefix("credit:"): e for e in LedgerEntry.objects(paymentId=payment["id"], kind="credit")
+    }
+
+
+def statuses(event_ids: list[str]) -> dict[str, tuple[str, str | None]]:
+    return {e.id: (e.status, e.reason) for e in RefundEvent.objects(id__in=event_ids)}
+
+
+def all_settled(event_ids: list[str]) -> bool:
+    entries = RefundEvent.objects(id__in=event_ids)
+    return entries.count() == len(event_ids) and all(e.status != "received" for e in entries)
+
+
+def letters(settings: Settings, event_ids: list[str]) -> list[tuple[str, str, bytes]]:
+    """(event id, reason, value) of the dead letters of these events on the topic of ``settings``."""
+    found = []
+    for record in read_topic(settings, settings.topic_dead_letter, timeout_ms=1500):
+        headers = {k: v.decode() for k, v in record.headers}
+        if headers.get("event-id") in event_ids:
+            found.append((headers["event-id"], headers["reason"], record.value))
+    return found
+
+
+def test_a_mixed_batch_with_a_bad_message_and_replayed_duplicates_applies_each_event_once(
+    settings: Settings,
+    isolated: Settings,
+    payment_celery: Any,
+    payment_worker: Any,
+    paid: Callable[..., dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    payment = paid()  # p-1: 3 x 19.99, p-2: 1 x 10.00; the card keeps 30.03
+    sent = kcat_produce(
+        isolated,
+        isolated.topic_product_refunded,
+        [
+            product_refund(payment, "p-1", 19.99),  # 0: applies
+            b"{not json",  # 1: the bridge sets it aside
+            product_refund(payment, "p-9", 19.99),  # 2: the worker sets it aside
+            product_refund(payment, "p-2", 10.00),  # 3: applies
+            product_refund(payment, "p-1", 19.99),  # 4: applies (a second unit)
+        ],
+        partition=0,
+    )
+    ids = event_ids(isolated, 5)
+    good = [ids[0], ids[2], ids[3], ids[4]]
+    env = {"KAFKA_TOPIC_PREFIX": isolated.kafka_topic_prefix}
+    log = tmp_path / "bridge.log"
+    with bridge_process(env, log):
+        wait_until(lambda: all_settled(good), timeout=60, message="the batch settled")
+    # One poll, one hand-over: the four good events in one task, in order.
+    assert batches_handed_over(log) == [4]
+    assert handed_over(log) == good
+    assert statuses(good) == {
+        ids[0]: ("applied", None),
+        ids[2]: ("dead_lettered", "product_not_in_payment"),
+        ids[3]: ("applied", None),
+        ids[4]: ("applied", None),
+    }
+    # The bridge sets aside on its topics, the (shared) worker on the run's.
+    assert letters(isolated, ids) == [(ids[1], "not_json", sent[1])]
+    assert letters(settings, ids) == [(ids[2], "product_not_in_payment", sent[2])]
+    assert sorted(credits(payment)) == sorted([ids[0], ids[3], ids[4]])
+    assert balance(payment) == Decimal("80.01")
+    before = Payment.objects.get(id=payment["id"]).to_mongo().to_dict()
+
+    # Duplicates: a new group reads the topic again (the same event ids in
+    # one batch), and one batch names an applied event twice.
+    replay_log = tmp_path / "replay.log"
+    with bridge_process({**env, "KAFKA_BRIDGE_GROUP": f"replay-{uuid.uuid4().hex[:6]}"}, replay_log):
+        wait_until(lambda: batches_handed_over(replay_log), timeout=60, message="the replay handed over")
+    first, fourth = RefundEvent.objects.get(id=ids[0]), RefundEvent.objects.get(id=ids[3])
+    again = [{"task": e.task, "kwargs": e.kwargs} for e in (first, first, fourth)]
+    payment_celery.send_task("refunds.apply_batch", kwargs={"events": again})
+    drain_refunds(isolated, payment_celery)
+    assert batches_handed_over(replay_log) == [4]
+    assert Payment.objects.get(id=payment["id"]).to_mongo().to_dict() == before
+    assert balance(payment) == Decimal("80.01")
+    assert sorted(credits(payment)) == sorted([ids[0], ids[3], ids[4]])
+    assert Card.objects.get(id=payment["creditCardId"]).inflight == []
+    # The worker's rejection was not repeated: the event was settled, so skipped.
+    assert letters(settings, ids) == [(ids[2], "product_not_in_payment", sent[2])]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", ["pool process", "whole node"])
+def test_a_worker_killed_mid_batch_and_restarted_applies_every_event_exactly_once(
+    kill: str,
+    settings: Settings,
+    isolated: Settings,
+    world_factory: Callable[..., Any],
+    seed_checkout: Callable[..., dict[str, Any]],
+) -> None:
+    # Event 3 of 6 dies (or stalls, and its node is killed) right after its
+    # refund is recorded: events 0-2 are applied, not settled; 4-5 not begun.
+    point = "refund.after_record@:0:3"
+    world = world_factory(failpoints=point if kill == "pool process" else f"stall:{point}")
+    client = Client(world.api.url)
+    card = client.add_card(money=100)
+    checkout = seed_checkout(client.user_id, total="0.10", products=UNITS)
+    payment = client.wait(client.pay(checkout["_id"], card["id"]))["result"]
+    kcat_produce(
+        isolated, isolated.topic_product_refunded, [product_refund(payment, "u", 0.01)] * 6, partition=0
+    )
+    ids = event_ids(isolated, 6)
+    env = {"KAFKA_TOPIC_PREFIX": isolated.kafka_topic_prefix, "CELERY_KEY_PREFIX": world.prefix}
+    with bridge_process(env):
+        wait_until(
+            lambda: len(Payment.objects.get(id=payment["id"]).refunds) == 4,
+            timeout=60,
+            message="the batch reached event 3",
+        )
+        if kill == "pool process":
+            wait_until(lambda: "signal 9" in world.log.read_text(), timeout=30, message="the failpoint fired")
+        else:
+            assert set(credits(payment)) == set(ids[:3])  # mid-batch: event 3 in hand
+            stop_worker(world.worker, signal.SIGKILL)
+            world.worker = world.start_worker("again")
+        # No sweep: the batch message itself comes back (acks_late) and runs again.
+        wait_until(
+            lambda: set(statuses(ids).values()) == {("applied", None)} and len(statuses(ids)) == 6,
+            timeout=120,
+            interval=0.5,
+            message="every event applied",
+        )
+    assert sorted(credits(payment)) == sorted(ids)
+    assert [r.eventId for r in Payment.objects.get(id=payment["id"]).refunds] == ids
+    assert all(r.published for r in Payment.objects.get(id=payment["id"]).refunds)
+    assert balance(payment) == Decimal("99.96")  # 100 - 0.10 + 6 x 0.01
+    assert Card.objects.get(id=card["id"]).inflight == []
+
+
+@pytest.mark.slow
+def test_an_event_failing_transiently_in_a_batch_goes_on_alone_and_the_rest_are_not_held_back(
+    isolated: Settings,
+    world_factory: Callable[..., Any],
+    seed_checkout: Callable[..., dict[str, Any]],
+) -> None:
+    # Event 2 of 5 fails after its refund is recorded, as if the database
+    # were away, on its first two passes (TASK_MAX_RETRIES + 1): once in the
+    # batch, once as its own task; its task's retry finishes it.
+    world = world_factory(
+        failpoints="fail:refund.after_record@:0:2",
+        env={"TASK_MAX_RETRIES": "1", "TASK_RETRY_BACKOFF_MAX_SECONDS": "1"},
+    )
+    client = Client(world.api.url)
+    card = client.add_card(money=100)
+    checkout = seed_checkout(client.user_id, total="0.10", products=UNITS)
+    payment = client.wait(client.pay(checkout["_id"], card["id"]))["result"]
+    kcat_produce(
+        isolated, isolated.topic_product_refunded, [product_refund(payment, "u", 0.01)] * 5, partition=0
+    )
+    ids = event_ids(isolated, 5)
+    env = {"KAFKA_TOPIC_PREFIX": isolated.kafka_topic_prefix, "CELERY_KEY_PREFIX": world.prefix}
+    with bridge_process(env):
+        wait_until(
+            lambda: set(statuses(ids).values()) == {("applied", None)} and len(statuses(ids)) == 5,
+            timeout=90,
+            interval=0.5,
+            message="every event applied",
+        )
+    entries = credits(payment)
+    assert sorted(entries) == sorted(ids)
+    # Events 3 and 4 came after event 2 in the batch and were credited before it.
+    assert max(entries[ids[3]].at, entries[ids[4]].at) < entries[ids[2]].at
+    assert "sent on as refunds.refund_product" in world.log.read_text()
+    assert balance(payment) == Decimal("99.95")
+    assert Card.objects.get(id=card["id"]).inflight == []
+    # Recorded in order (event 2 failed after its record step): each once.
+    assert [r.eventId for r in Payment.objects.get(id=payment["id"]).refunds] == ids
+
+
+def test_the_batch_message_carries_per_event_task_messages(settings: Settings) -> None:
+    """The batch's items are the per-event messages: the sweep resends a lost batch's events alone."""
+    db.connect(settings)
+    recorder = Recorder()
+    event_id = f"{settings.topic(settings.topic_product_refunded)}:{uuid.uuid4()}:0:1"
+    kwargs = {"event_id": event_id, "payment_id": "p", "product_id": "p-1", "price": "19.99", "raw": "{}"}
+    inbox.hand_over_batch(
+        recorder, "refunds.apply_batch", [inbox.Handed(event_id, "refunds.refund_product", kwargs)]
+    )
+    assert recorder.sent == [
+        ("refunds.apply_batch", {"events": [{"task": "refunds.refund_product", "kwargs": kwargs}]})
+    ]
+    entry = RefundEvent.objects.get(id=event_id)
+    assert (entry.task, entry.kwargs, entry.status) == ("refunds.refund_product", kwargs, "received")
+    swept = Recorder()
+    RefundEvent.objects(id=event_id).update_one(set__updatedAt=entry.updatedAt - timedelta(hours=1))
+    inbox.requeue_stale(swept, timedelta(minutes=10), limit=1000)
+    assert ("refunds.refund_product", kwargs) in swept.sent

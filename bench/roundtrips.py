@@ -9,7 +9,7 @@ send and its acknowledgement):
   client; the task is recorded instead of sent);
 - **charge, task**: ``payments.charge`` run eagerly on that job;
 - **job poll**: ``GET /jobs/<id>`` through the Flask app;
-- **refund, bridge**: a real Kafka record handed over by ``RefundBridge.handle``
+- **refund, bridge**: a real Kafka record handed over as the bridge hands over a polled batch (``RefundBridge.prepare`` and ``hand_over``)
   (the task recorded instead of sent);
 - **refund, task**: ``refunds.refund_product`` run eagerly on it.
 

@@ -44,10 +44,10 @@ from shared.models.base import utcnow
 from shared.money import money
 from shared.pan import mask
 from shared.principal import Principal
-from shared.services import card_ops, outbox
+from shared.services import card_ops, outbox, views
 from shared.services.cards import is_expired
 from shared.services.checkout import Checkout, fetch_checkout
-from shared.services.views import BASE, payment_view
+from shared.services.views import BASE
 from shared.settings import Settings
 
 
@@ -60,7 +60,7 @@ def _already_paid(payment: Payment) -> AlreadyPaid:
     return AlreadyPaid("Another request is paying this checkout.", extra={"links": links})
 
 
-def charge(settings: Settings, job: Job) -> dict[str, Any]:
+def charge(settings: Settings, job: Job) -> views.Payment:
     """Run (or resume) the charge of ``job``; return the payment as reads show it."""
     checkout_id, card_id, owner = job.params["checkoutId"], job.params["cardId"], job.ownerId
     job_id = str(job.id)
@@ -93,7 +93,7 @@ def charge(settings: Settings, job: Job) -> dict[str, Any]:
         raise _no_debit_reason(payment)
     if not payment.acceptedEventPublished:
         outbox.try_publish_accepted(settings, payment)
-    return payment_view(payment)
+    return views.Payment.of(payment)
 
 
 def _claim(settings: Settings, job: Job, checkout_id: str, card_id: str, owner: str) -> Payment:
@@ -285,11 +285,11 @@ def resume_stale_charges(older_than: timedelta, limit: int) -> list[str]:
     return reopened
 
 
-def get_payment(principal: Principal, payment_id: str) -> dict[str, Any]:
-    return payment_view(visible_payment(principal, payment_id))
+def get_payment(principal: Principal, payment_id: str) -> views.Payment:
+    return views.Payment.of(visible_payment(principal, payment_id))
 
 
-def delete_payment(job: Job) -> dict[str, Any]:
+def delete_payment(job: Job) -> views.Deleted:
     """Hide the payment from reads; the debit and ledger stay on record."""
     payment_id = job.resourceId
     if Payment.objects(id=payment_id).only("id").first() is None:
@@ -297,4 +297,4 @@ def delete_payment(job: Job) -> dict[str, Any]:
     Payment.objects(id=payment_id, deletedAt=None).update_one(
         set__deletedAt=utcnow(), set__updatedAt=utcnow()
     )
-    return {"deleted": payment_id}
+    return views.Deleted(deleted=payment_id)

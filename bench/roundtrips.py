@@ -9,9 +9,10 @@ send and its acknowledgement):
   client; the task is recorded instead of sent);
 - **charge, task**: ``payments.charge`` run eagerly on that job;
 - **job poll**: ``GET /jobs/<id>`` through the Flask app;
-- **refund, bridge**: a real Kafka record handed over as the bridge hands over a polled batch (``RefundBridge.prepare`` and ``hand_over``)
-  (the task recorded instead of sent);
-- **refund, task**: ``refunds.refund_product`` run eagerly on it.
+- **refund, bridge**: a real Kafka record handed over as the bridge hands
+  over a polled batch (``RefundBridge.prepare`` and ``hand_over``; the task
+  recorded instead of sent);
+- **refund, task**: ``refunds.apply_batch`` run eagerly on it.
 
 The step breakdown is the median (and p99) over ``count`` repetitions of
 each step, in the order the code runs them; "python and the rest" is the

@@ -51,8 +51,9 @@ REDIS_PASSWORD = "dev-redis-password"
 
 # Debian packages the stack and its tests need (kcat is the Kafka client that
 # is not ours, used to produce refund events the way the order service does;
-# nginx is the API's buffering proxy).
-APT_PACKAGES = {"redis-server": "redis-server", "kcat": "kcat", "nginx": "nginx"}
+# nginx is the API's buffering proxy; chromium renders the docs page in
+# tests/web/test_docs_page.py), by the binary each provides.
+APT_PACKAGES = {"redis-server": "redis-server", "kcat": "kcat", "nginx": "nginx", "chromium": "chromium"}
 # Debian puts daemons in /usr/sbin, which an unprivileged user's PATH may lack.
 SBIN_PATH = f"{os.environ.get('PATH', '')}:/usr/local/sbin:/usr/sbin:/sbin"
 

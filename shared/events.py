@@ -7,17 +7,16 @@ marks an event sent only once it really is.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from shared import wire
 from shared.errors import EventNotPublished
 from shared.kafka import producer
 from shared.settings import Settings
@@ -42,16 +41,8 @@ def _producer(settings: Settings) -> KafkaProducer:
 
 
 def encode(value: dict[str, Any]) -> bytes:
-    """JSON with amounts as numbers (<= 14 significant digits: exact as shortest floats)."""
-
-    def default(o: Any) -> Any:
-        if isinstance(o, Decimal):
-            return float(o)
-        if isinstance(o, datetime):
-            return o.isoformat().replace("+00:00", "Z")
-        raise TypeError(f"{type(o).__name__} is not JSON serializable")
-
-    return json.dumps(value, default=default, separators=(",", ":")).encode()
+    """Compact JSON, amounts and timestamps in their one JSON form (``shared.wire``)."""
+    return wire.dumps(value, separators=(",", ":")).encode()
 
 
 def publish(

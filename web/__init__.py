@@ -6,37 +6,30 @@ import logging
 import threading
 import time
 import uuid
-from decimal import Decimal
 from typing import Any
 
 from flask import Flask, Response, g, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from shared import db
+from shared import db, wire
 from shared.logs import bind, configure_logging, unbind
 from shared.settings import Settings, load_settings
-from web import api, health, openapi
+from web import api, docs, health, openapi
 from web.auth import init_auth
 from web.limits import init_limits
 from web.metrics import init_metrics
 from web.problems import register_error_handlers
 
 
-class MoneyJSONProvider(DefaultJSONProvider):
-    """Decimal amounts go out as JSON numbers (Flask would write strings).
-
-    Amounts have at most 14 significant digits (<= 999999999999.99), so the
-    shortest float repr is exactly their decimal text: 0.30 is written 0.3.
-    """
+class WireJSONProvider(DefaultJSONProvider):
+    """Answers are written by ``shared.wire.dumps``: amounts exact, keys in the models' order."""
 
     sort_keys = False
 
-    @staticmethod
-    def default(o: Any) -> Any:
-        if isinstance(o, Decimal):
-            return float(o)
-        return DefaultJSONProvider.default(o)
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        # Flask asks for compact separators in answers, json.dumps' own elsewhere.
+        return wire.dumps(obj, separators=kwargs.get("separators") or (", ", ": "), default=self.default)
 
 
 def _log_requests(app: Flask) -> None:
@@ -77,7 +70,7 @@ def create_app(settings: Settings | None = None, celery: Any = None) -> Flask:
     settings = settings or load_settings()
     configure_logging(settings.log_level)
     app = Flask(__name__, static_folder=None)
-    app.json = MoneyJSONProvider(app)
+    app.json = WireJSONProvider(app)
     app.config.update(
         SETTINGS=settings,
         # Bodies larger than this are refused with 413 before they are parsed.
@@ -103,4 +96,5 @@ def create_app(settings: Settings | None = None, celery: Any = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(docs.bp)
     return app

@@ -9,7 +9,6 @@ authenticated by the cookie alone must be JSON (403 ``csrf_rejected``).
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Any
 
 from flask import Flask, Response, current_app, request
@@ -21,9 +20,8 @@ from shared.errors import CsrfRejected, Unauthorized
 from shared.logs import bind
 from shared.principal import Principal
 from shared.settings import Settings
+from shared.wire import object_id_text
 from web.problems import problem_response
-
-_OBJECT_ID = re.compile(r"^[0-9a-f]{24}$")
 
 
 def init_auth(app: Flask, settings: Settings) -> None:
@@ -62,11 +60,12 @@ def init_auth(app: Flask, settings: Settings) -> None:
 def _principal_from_claims(claims: dict[str, Any]) -> Principal:
     user_id = claims.get("userId")
     user_types = claims.get("userType", [])
-    if not isinstance(user_id, str) or not _OBJECT_ID.match(user_id.lower()):
+    user_id = object_id_text(user_id)
+    if user_id is None:
         raise Unauthorized("The token has no valid userId.")
     if not isinstance(user_types, list) or not all(isinstance(t, str) for t in user_types):
         raise Unauthorized("The token's userType is not a list of strings.")
-    principal = Principal(user_id=user_id.lower(), user_types=frozenset(user_types))
+    principal = Principal(user_id=user_id, user_types=frozenset(user_types))
     # Undone with the whole request's context in web's teardown hook.
     bind(user_id=principal.user_id)
     return principal

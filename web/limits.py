@@ -33,6 +33,8 @@ from web.auth import from_trusted_network
 #: Methods of the API that change something (each becomes a job).
 WRITE_METHODS = ["POST", "DELETE", "PUT", "PATCH"]
 READ_METHODS = ["GET", "HEAD"]
+#: The blueprints whose routes are limited (the OpenAPI document lists their 429).
+LIMITED_BLUEPRINTS = (api.bp,)
 
 
 def _caller() -> str:
@@ -83,7 +85,8 @@ def init_limits(app: Flask, settings: Settings) -> Limiter:
         # fail anyway without the broker; reads of MongoDB go on).
         swallow_errors=True,
     )
-    limiter.shared_limit(settings.rate_limit_writes, scope="writes", methods=WRITE_METHODS)(api.bp)
-    limiter.shared_limit(_reads_budget, scope="reads", methods=READ_METHODS)(api.bp)
+    for blueprint in LIMITED_BLUEPRINTS:
+        limiter.shared_limit(settings.rate_limit_writes, scope="writes", methods=WRITE_METHODS)(blueprint)
+        limiter.shared_limit(_reads_budget, scope="reads", methods=READ_METHODS)(blueprint)
     app.extensions["rate_limiter"] = limiter
     return limiter

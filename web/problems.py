@@ -1,28 +1,91 @@
-"""The one place where errors become RFC 9457 problem+json responses."""
+"""The one place where errors become RFC 9457 problem+json responses, and their model."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, current_app, json, request
 from flask_limiter import Limiter
 from flask_limiter.errors import RateLimitExceeded
+from pydantic import BaseModel, ConfigDict, Field
 from pymongo.errors import ConnectionFailure
+from werkzeug import exceptions as http
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
 
 from shared.errors import RateLimited, ServiceError, ServiceUnavailable
+from shared.services.views import FieldError, optional, wire_title
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+PROBLEM_TYPE = "https://errors.payment-service/{code}"
+
+
+def _http_code(status: int) -> str:
+    """The code of an answer Werkzeug makes: its reason phrase in snake case (``not_found``)."""
+    return HTTP_STATUS_CODES.get(status, "Unknown Error").lower().replace(" ", "_")
+
+
+@dataclass(frozen=True)
+class HttpError:
+    """An error Flask/Werkzeug answers itself, with the code :func:`register_error_handlers` gives it."""
+
+    status: int
+    code: str
+    title: str
+    note: str
+
+    @classmethod
+    def of(cls, error: type[HTTPException], note: str) -> HttpError:
+        status = error.code or 500
+        return cls(status, _http_code(status), HTTP_STATUS_CODES[status], note)
+
+
+#: A URL that matches no route: for a path with an id, an id holding a "/".
+ROUTE_NOT_FOUND = HttpError.of(
+    http.NotFound, "the URL matches no operation (for example an id holding a `/`)"
+)
+#: A body over MAX_CONTENT_LENGTH (64 KiB), refused when a route reads it.
+BODY_TOO_LARGE = HttpError.of(http.RequestEntityTooLarge, "the body is larger than 64 KiB")
+#: A method the path does not have (not listed per operation: OpenAPI lists what exists).
+METHOD_NOT_ALLOWED = HttpError.of(
+    http.MethodNotAllowed, "the path has no such method; `Allow` lists those it has"
+)
+
+#: What an operation can answer with: a class of ``shared.errors`` or a Werkzeug answer.
+ErrorSource = type[ServiceError] | HttpError
+
+
+class Problem(BaseModel):
+    """An error, as RFC 9457 problem details (`application/problem+json`).
+
+    `code` is the stable, machine-readable reason; `errors` names every bad
+    field of a refused request.  Other keys may follow (`already_paid` adds
+    `paymentId` and `links`).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, field_title_generator=wire_title)
+
+    type: str = Field(
+        description="A URI naming the kind of problem: `https://errors.payment-service/{code}`.",
+        examples=["https://errors.payment-service/validation_error"],
+    )
+    title: str = Field(description="Short summary of the kind of problem; the same for every `code`.")
+    status: int = Field(ge=400, le=599, description="The HTTP status of the answer.")
+    detail: str = Field(description="What went wrong with this request; never contains card data.")
+    code: str = Field(examples=["validation_error"])
+    errors: list[FieldError] | None = optional(description="For bad input: every bad field.")
+    instance: str = Field(description="The path of the request.", examples=["/api/payment/add"])
 
 
 def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     """A problem+json response; ``body`` holds at least status, code and title."""
-    body = {"type": f"https://errors.payment-service/{body['code']}", **body}
+    body = {"type": PROBLEM_TYPE.format(code=body["code"]), **body}
     body.setdefault("detail", body["title"])
     body.setdefault("instance", request.path)
     response = Response(json.dumps(body), status=body["status"], mimetype=PROBLEM_JSON)
@@ -60,7 +123,7 @@ def register_error_handlers(app: Flask) -> None:
         return problem_response(
             {
                 "status": error.code or 500,
-                "code": error.name.lower().replace(" ", "_"),
+                "code": _http_code(error.code or 500),
                 "title": error.name,
                 "detail": error.description,
             },

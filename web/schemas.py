@@ -42,6 +42,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from shared.errors import BadRequest, ServiceError, ValidationFailed
 from shared.money import MAX_MONEY, client_amount
 from shared.pan import luhn_valid, normalize_pan
+from shared.wire import OBJECT_ID_PATTERN, object_id_text, object_id_value
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -53,8 +54,6 @@ PAN_MIN_DIGITS, PAN_MAX_DIGITS = 12, 19
 HOLDER_NAME_MAX = 100
 
 
-_OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
-_OBJECT_ID_PATTERN = "^[0-9a-fA-F]{24}$"
 _EXPIRE_DATE = re.compile(r"([0-9]{2})/([0-9]{2}|[0-9]{4})")
 _EXPIRE_DATE_PATTERN = "^(0[1-9]|1[0-2])/([0-9]{2}|20[0-9]{2})$"
 _CVV = re.compile(r"[0-9]{3}")
@@ -293,28 +292,19 @@ def _cvv(value: Any) -> str:
     return value
 
 
-def _object_id_value(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise _type_error("a string")
-    if _OBJECT_ID.fullmatch(value) is None:
-        raise PydanticCustomError("object_id_format", "must be a 24-character hexadecimal id")
-    return value.lower()
-
-
 def object_id(value: str, field: str) -> str:
     """The lowercase form of a 24-hex-digit ObjectId from a path or query parameter.
 
     Raises :class:`ValidationFailed` naming ``field`` otherwise, so that a
     malformed id is a 422, never a 500 from the database driver.
     """
-    if not isinstance(value, str) or _OBJECT_ID.fullmatch(value) is None:
+    text = object_id_text(value)
+    if text is None:
         raise ValidationFailed(
             f"{field} is not a valid id",
             errors=[{"field": field, "message": "must be a 24-character hexadecimal id"}],
         )
-    return value.lower()
+    return text
 
 
 # --------------------------------------------------------------------------
@@ -351,10 +341,11 @@ Money = Annotated[
         json_schema_input_type=Annotated[float, Field(ge=0, le=float(MAX_MONEY))],
     ),
 ]
-ObjectIdStr = Annotated[
+OptionalObjectId = Annotated[
     str | None,
     BeforeValidator(
-        _object_id_value, json_schema_input_type=Annotated[str, Field(pattern=_OBJECT_ID_PATTERN)] | None
+        lambda value: None if value is None else object_id_value(value),
+        json_schema_input_type=Annotated[str, Field(pattern=OBJECT_ID_PATTERN)] | None,
     ),
 ]
 
@@ -425,7 +416,7 @@ class PayRequest(RequestModel):
     clients send it, so it is optional here; the route requires one of the two.
     """
 
-    card_id: ObjectIdStr = Field(
+    card_id: OptionalObjectId = Field(
         default=None,
         description="The card to pay with: a 24-character hexadecimal id.",
         examples=["65a1f0c2e4b0a1b2c3d4e5f6"],

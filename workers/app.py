@@ -17,6 +17,7 @@ from shared.errors import RefundRejected, ServiceError, ServiceUnavailable
 from shared.logs import configure_logging, log_context
 from shared.models import Job
 from shared.services import inbox, jobs
+from shared.services.views import JobResult
 from shared.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class PaymentTask(Task):
         with log_context(task_id=self.request.id, task=self.name):
             return super().__call__(*args, **kwargs)
 
-    def run_job(self, job_id: str, work: Callable[[Job], dict[str, Any]]) -> None:
+    def run_job(self, job_id: str, work: Callable[[Job], JobResult]) -> None:
         """Run a job's work; retry transient failures with backoff and jitter.
 
         Unexpected exceptions are retried too (the work is idempotent, and a

@@ -19,7 +19,7 @@ from shared.models import Card, Job, LedgerEntry
 from shared.models.base import utcnow
 from shared.pan import card_brand, fingerprint
 from shared.principal import Principal
-from shared.services.views import card_view
+from shared.services import views
 
 
 def new_card_params(
@@ -42,7 +42,7 @@ def ensure_number_is_new(card_fingerprint: str) -> None:
         raise DuplicateCard("A card with this number is already registered.")
 
 
-def add_card(job: Job) -> dict[str, Any]:
+def add_card(job: Job) -> views.Card:
     """Store the job's card under the id the job reserved (so a retry finds it).
 
     Its opening balance is written to the ledger (``open:<cardId>``) before the
@@ -66,11 +66,11 @@ def add_card(job: Job) -> dict[str, Any]:
         existing = Card.objects(id=job.resourceId).first()
         if existing is not None:  # this job stored it before a crash or redelivery
             _record_opening(str(existing.id), Decimal(params["money"]))
-            return card_view(existing)
+            return views.Card.of(existing)
         raise DuplicateCard("A card with this number is already registered.") from None
     _record_opening(str(card.id), Decimal(params["money"]))
     card.reload()  # as stored (MongoDB keeps milliseconds), so the result equals what reads show
-    return card_view(card)
+    return views.Card.of(card)
 
 
 def _record_opening(card_id: str, amount: Decimal) -> None:
@@ -89,11 +89,11 @@ def visible_card(principal: Principal, card_id: str) -> Card:
     return card
 
 
-def get_card(principal: Principal, card_id: str) -> dict[str, Any]:
-    return card_view(visible_card(principal, card_id))
+def get_card(principal: Principal, card_id: str) -> views.Card:
+    return views.Card.of(visible_card(principal, card_id))
 
 
-def delete_card(job: Job) -> dict[str, Any]:
+def delete_card(job: Job) -> views.Deleted:
     """Soft-delete: the card disappears from reads; its money movements stay on record.
 
     Its fingerprint is released so the same number can be added again.
@@ -109,7 +109,7 @@ def delete_card(job: Job) -> dict[str, Any]:
             set__deletedFingerprint=card.fingerprint,
             set__fingerprint=f"deleted:{card_id}",
         )
-    return {"deleted": card_id}
+    return views.Deleted(deleted=card_id)
 
 
 def is_expired(expire_date: str, today: date) -> bool:

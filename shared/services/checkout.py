@@ -19,6 +19,7 @@ from shared.settings import Settings
 
 class CheckoutInvalid(ServiceError):
     status, code, title = 502, "checkout_invalid", "The checkout service answered an unusable checkout"
+    note = "the checkout service answered something that is not a usable checkout"
 
 
 class CheckoutProduct(BaseModel):

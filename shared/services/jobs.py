@@ -30,7 +30,7 @@ from shared.logs import log_context
 from shared.models import IdempotencyRecord, Job, JobStatus, status_key
 from shared.models.base import utcnow
 from shared.principal import Principal
-from shared.services.views import to_bson
+from shared.services.views import Deleted, JobResult, to_bson
 
 log = logging.getLogger(__name__)
 
@@ -244,11 +244,11 @@ def start(job_id: str) -> Job | None:
     return job
 
 
-def succeed(job_id: str, result: dict[str, Any], *, retention: timedelta) -> None:
+def succeed(job_id: str, result: JobResult, *, retention: timedelta) -> None:
     """End the job with its result; it expires ``retention`` from now."""
     updates: dict[str, Any] = {}
-    if "id" in result:  # the resource the job made (a payment's id is known only now)
-        updates["set__resourceId"] = result["id"]
+    if not isinstance(result, Deleted):  # the resource the job made (a payment's id is known only now)
+        updates["set__resourceId"] = result.id
     now = utcnow()
     move(
         job_id,
@@ -275,7 +275,7 @@ def fail(job_id: str, error: ServiceError, *, retention: timedelta) -> None:
     )
 
 
-def run(job_id: str, work: Callable[[Job], dict[str, Any]], *, retention: timedelta) -> None:
+def run(job_id: str, work: Callable[[Job], JobResult], *, retention: timedelta) -> None:
     """Run a job's work once; typed errors that are final end the job.
 
     Retryable errors propagate, so that the task retries; the caller ends the

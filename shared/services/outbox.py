@@ -25,8 +25,8 @@ from shared.errors import EventNotPublished
 from shared.models import Payment, PaymentState
 from shared.models.base import utcnow
 from shared.money import money
-from shared.services.views import timestamp
 from shared.settings import Settings
+from shared.wire import timestamp
 
 log = logging.getLogger(__name__)
 

@@ -57,10 +57,10 @@ from shared.models.base import utcnow
 from shared.money import money
 from shared.pan import mask
 from shared.principal import Principal
-from shared.services import card_ops, jobs, outbox, payment_tokens
+from shared.services import card_ops, jobs, outbox, payment_tokens, views
 from shared.services.cards import is_expired
 from shared.services.checkout import Checkout, fetch_checkout
-from shared.services.views import BASE, payment_view
+from shared.services.views import BASE
 from shared.settings import Settings
 
 
@@ -73,7 +73,7 @@ def _already_paid(payment: Payment) -> AlreadyPaid:
     return AlreadyPaid("Another request is paying this checkout.", extra={"links": links})
 
 
-def charge(settings: Settings, job: Job) -> dict[str, Any]:
+def charge(settings: Settings, job: Job) -> views.Payment:
     """Run (or resume) the charge of ``job``; return the payment as reads show it."""
     checkout_id, card_id, owner = job.params["checkoutId"], job.params["cardId"], job.ownerId
     job_id = str(job.id)
@@ -112,7 +112,7 @@ def charge(settings: Settings, job: Job) -> dict[str, Any]:
         raise _no_debit_reason(payment)
     if not payment.acceptedEventPublished:
         outbox.publish_soon(settings, payment)
-    return payment_view(payment)
+    return views.Payment.of(payment)
 
 
 #: What the claim reads of the card: the payment's copy of it, and what a debit decision depends on.
@@ -390,11 +390,11 @@ def resume_stale_charges(older_than: timedelta, limit: int) -> list[str]:
     return reopened
 
 
-def get_payment(principal: Principal, payment_id: str) -> dict[str, Any]:
-    return payment_view(visible_payment(principal, payment_id))
+def get_payment(principal: Principal, payment_id: str) -> views.Payment:
+    return views.Payment.of(visible_payment(principal, payment_id))
 
 
-def delete_payment(job: Job) -> dict[str, Any]:
+def delete_payment(job: Job) -> views.Deleted:
     """Hide the payment from reads; the debit and ledger stay on record."""
     payment_id = job.resourceId
     payment = Payment.objects(id=payment_id).only("deletedAt").first()
@@ -404,4 +404,4 @@ def delete_payment(job: Job) -> dict[str, Any]:
         # By _id alone; $min keeps the first deletion's time if another run won.
         now = utcnow()
         Payment.objects(id=payment_id).update_one(min__deletedAt=now, set__updatedAt=now)
-    return {"deleted": payment_id}
+    return views.Deleted(deleted=payment_id)

@@ -75,6 +75,8 @@ def test_every_operation_answers_as_documented_whatever_it_is_sent(
 ) -> None:
     for mode in _modes(operation):
         _fuzz(operation, mode, api.url, fresh_user_token)
+    # Every typed error the routes answered is one their declarations list (web.declare).
+    assert api.server.app.extensions.get("undeclared_errors", set()) == set()
 
 
 def _fuzz(operation: Any, mode: GenerationMode, base_url: str, token: str) -> None:

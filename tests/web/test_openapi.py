@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import ast
 import importlib
-import inspect
 import json
 import pkgutil
 import re
-import textwrap
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
@@ -17,47 +14,25 @@ import jsonschema_rs
 import pytest
 import requests
 import schemathesis
-from flask import Flask, request
+from flask import Blueprint, Flask
 from werkzeug.routing import Rule
 
 import shared
 import web
 import workers
-from shared.errors import CsrfRejected, RateLimited, ServiceError
+from shared.errors import CardNotFound, ServiceError, ValidationFailed
 from shared.services.views import BASE
 from shared.settings import Settings
 from tests.helpers import Client, luhn_number
 from tests.support import ServedApp
-from web import api, create_app
-from web.openapi import BODY_TOO_LARGE, DOCUMENT_PATH, ROUTE_NOT_FOUND, build_document
+from web import create_app, declare
+from web.declare import OPERATIONS
+from web.openapi import DOCUMENT_PATH, build_document, errors_of
+from web.problems import register_error_handlers
 from web.schemas import AddCardRequest, PayRequest
 
 PROBES = ("/healthz", "/readyz")
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
-
-#: The statuses of the answers that are not errors, by operation.  Writes
-#: answer 202 with the job, or 200 when `Prefer: wait` saw it end.
-SUCCESS_STATUSES: dict[tuple[str, str], set[int]] = {
-    ("post", f"{BASE}/add"): {200, 202},
-    ("get", f"{BASE}/get/{{}}"): {200},
-    ("delete", f"{BASE}/delete-card/{{}}"): {200, 202},
-    ("post", f"{BASE}/pay/{{}}"): {200, 202},
-    ("get", f"{BASE}/find/{{}}"): {200},
-    ("delete", f"{BASE}/delete-payment/{{}}"): {200, 202},
-    ("get", f"{BASE}/jobs/{{}}"): {200},
-    ("get", DOCUMENT_PATH): {200},
-    ("get", "/healthz"): {200},
-    # Not ready is a readiness answer, not a problem.
-    ("get", "/readyz"): {200, 503},
-}
-
-#: (method, code) pairs the call graph shows but the code's own conditions rule
-#: out, each with the reason.
-UNREACHABLE = {
-    # web.auth.authenticate raises it only when request.method == "POST".
-    (method, CsrfRejected.code)
-    for method in ("get", "delete")
-}
 
 
 @pytest.fixture(scope="module")
@@ -88,17 +63,7 @@ def _documented(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, 
             yield method, path, operation
 
 
-# -- (a) every route is documented, and nothing else ------------------------------
-
-
-def test_every_route_and_method_of_the_app_is_documented_and_nothing_else(
-    app: Flask, document: dict[str, Any]
-) -> None:
-    in_app = {(method, _normalized(rule.rule)) for method, rule in _app_rules(app)}
-    in_document = {(method, _normalized(path)) for method, path, _ in _documented(document)}
-    assert in_app - in_document == set(), "routes missing from the document"
-    assert in_document - in_app == set(), "documented operations the app does not have"
-    assert set(SUCCESS_STATUSES) == in_app
+# -- (a) path parameters -------------------------------------------------------------
 
 
 def test_path_parameters_are_ids_of_24_hex_digits_and_named_in_each_path(document: dict[str, Any]) -> None:
@@ -111,76 +76,7 @@ def test_path_parameters_are_ids_of_24_hex_digits_and_named_in_each_path(documen
             assert parameter["schema"]["pattern"] == "^[0-9a-fA-F]{24}$"
 
 
-# -- (b) every status a route can answer is documented, and only those ------------
-
-
-def _resolve(node: ast.AST, namespace: dict[str, Any]) -> Any:
-    """What a name or a `module.name` in a function's source refers to, if we can tell."""
-    if isinstance(node, ast.Name):
-        return namespace.get(node.id)
-    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-        owner = namespace.get(node.value.id)
-        if isinstance(owner, ModuleType):
-            return getattr(owner, node.attr, None)
-    return None
-
-
-def _is_ours(obj: Any) -> bool:
-    return inspect.isfunction(obj) and obj.__module__.split(".")[0] in {"web", "shared"}
-
-
-def _reads_body(node: ast.AST, namespace: dict[str, Any]) -> bool:
-    return (
-        isinstance(node, ast.Attribute)
-        and node.attr in {"get_data", "get_json", "data", "json", "form", "stream"}
-        and isinstance(node.value, ast.Name)
-        and namespace.get(node.value.id) is request
-    )
-
-
-def raised_by(view: Callable[..., Any]) -> tuple[set[type[ServiceError]], bool]:
-    """The ServiceErrors a view can raise, and whether it reads the body.
-
-    Walks the call graph through this project's functions (names a function's
-    source calls or passes on, resolved in its module), collecting every
-    ServiceError subclass that is constructed along the way.  Flow-insensitive,
-    so a superset; :data:`UNREACHABLE` removes what conditions rule out.
-    """
-    errors: set[type[ServiceError]] = set()
-    reads_body = False
-    seen: set[Callable[..., Any]] = set()
-    stack: list[Callable[..., Any]] = [view]
-    while stack:
-        func = inspect.unwrap(stack.pop())
-        if func in seen:
-            continue
-        seen.add(func)
-        namespace = {**func.__globals__, **inspect.getclosurevars(func).nonlocals}
-        tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
-        for node in ast.walk(tree):
-            reads_body = reads_body or _reads_body(node, namespace)
-            if isinstance(node, ast.Call):
-                target = _resolve(node.func, namespace)
-                if inspect.isclass(target) and issubclass(target, ServiceError):
-                    errors.add(target)
-            target = _resolve(node, namespace)
-            if _is_ours(target):
-                stack.append(target)
-    return errors, reads_body
-
-
-def _derived_problems(method: str, rule: Rule, view: Callable[..., Any]) -> set[tuple[int, str]]:
-    errors, reads_body = raised_by(view)
-    derived = {(cls.status, cls.code) for cls in errors}
-    if reads_body:
-        derived.add((BODY_TOO_LARGE.status, BODY_TOO_LARGE.code))
-    if rule.arguments:
-        # Werkzeug's router: an id with a "/" in it matches no rule.
-        derived.add((ROUTE_NOT_FOUND.status, ROUTE_NOT_FOUND.code))
-    if rule.endpoint.startswith(f"{api.bp.name}."):
-        # web.limits: the rate limiter answers before any view of the API blueprint runs.
-        derived.add((RateLimited.status, RateLimited.code))
-    return {(status, code) for status, code in derived if (method, code) not in UNREACHABLE}
+# -- (b) each operation answers what its route declares, and only that ------------
 
 
 def _documented_problems(operation: dict[str, Any]) -> set[tuple[int, str]]:
@@ -191,32 +87,66 @@ def _documented_problems(operation: dict[str, Any]) -> set[tuple[int, str]]:
     }
 
 
-def test_each_operation_lists_exactly_the_errors_its_code_can_raise(
+def test_every_route_under_the_base_path_is_documented_with_its_declared_responses_and_vice_versa(
     app: Flask, document: dict[str, Any]
 ) -> None:
-    operations = {(method, _normalized(path)): op for method, path, op in _documented(document)}
-    mismatches = {}
+    declared = {op.endpoint: op for op in OPERATIONS}
+    documented = {(method, _normalized(path)): op for method, path, op in _documented(document)}
+    seen = set()
     for method, rule in _app_rules(app):
         key = (method, _normalized(rule.rule))
-        derived = _derived_problems(method, rule, app.view_functions[rule.endpoint])
-        documented = _documented_problems(operations[key])
-        if derived != documented:
-            mismatches[key] = {"undocumented": derived - documented, "never raised": documented - derived}
-    assert mismatches == {}
+        assert rule.endpoint in declared, f"{rule.rule} has no declaration (web.declare.operation)"
+        assert key in documented, f"{method} {rule.rule} is not in the document"
+        op, answer = declared[rule.endpoint], documented[key]
+        assert (op.method, _normalized(op.path)) == key
+        statuses = {reply.status for reply in op.replies} | {source.status for source in errors_of(op)}
+        assert {int(status) for status in answer["responses"]} == statuses, key
+        assert _documented_problems(answer) == {(source.status, source.code) for source in errors_of(op)}, key
+        for reply in op.replies:
+            content = answer["responses"][str(reply.status)]["content"]
+            assert list(content) == [reply.media_type], key
+        seen.add(key)
+    assert set(documented) - seen == set(), "documented operations the app does not have"
+    assert {key for key in seen if key[1].startswith(f"{BASE}/")} >= {
+        ("post", f"{BASE}/add"),
+        ("get", f"{BASE}/docs"),
+        ("get", DOCUMENT_PATH),
+    }
 
 
-def test_each_operation_lists_exactly_its_statuses(app: Flask, document: dict[str, Any]) -> None:
-    for method, path, operation in _documented(document):
-        key = (method, _normalized(path))
-        problems = {status for status, _ in _documented_problems(operation)}
-        assert {int(s) for s in operation["responses"]} == SUCCESS_STATUSES[key] | problems, key
+def test_writes_and_reads_declare_the_errors_their_declarations_imply(document: dict[str, Any]) -> None:
+    add = document["paths"][f"{BASE}/add"]["post"]
+    get = document["paths"][f"{BASE}/get/{{cardId}}"]["get"]
+    # body -> 400/413/422; POST with a token -> 401/403 csrf; limited blueprint -> 429
+    assert {(400, "bad_request"), (413, "request_entity_too_large"), (403, "csrf_rejected")} <= (
+        _documented_problems(add)
+    )
+    # id in the path -> 422 and the 404 of an id holding a "/"; GET -> no csrf
+    assert {(422, "validation_error"), (404, "not_found"), (429, "rate_limited")} <= _documented_problems(get)
+    assert (403, "csrf_rejected") not in _documented_problems(get)
 
 
-def test_the_call_graph_walk_finds_errors_raised_deep_in_the_services(app: Flask) -> None:
-    # add_card -> _submit -> jobs.submit -> the precheck lambda / _replay.
-    errors, reads_body = raised_by(app.view_functions["payment.add_card"])
-    assert {cls.code for cls in errors} >= {"duplicate_card", "idempotency_key_reused", "service_unavailable"}
-    assert reads_body
+def test_a_view_that_answers_an_error_it_does_not_declare_is_reported() -> None:
+    bp = Blueprint("undeclared_test", __name__)
+
+    @declare.operation(
+        bp, "/t/<thing_id>", "GET", summary="t", description="t", tag="t", replies=(), auth=None
+    )
+    def read_thing(thing_id: str) -> str:
+        raise CardNotFound(f"No card {thing_id}.") if thing_id.startswith("a") else ValidationFailed()
+
+    try:
+        test_app = Flask(__name__)
+        register_error_handlers(test_app)
+        test_app.register_blueprint(bp)
+        client = test_app.test_client()
+        assert client.get(f"/t/{'b' * 24}").status_code == 422  # declared (an id parameter)
+        assert test_app.extensions.get("undeclared_errors", set()) == set()
+        assert client.get(f"/t/{'A' * 24}").status_code == 404
+        assert test_app.extensions["undeclared_errors"] == {("undeclared_test.read_thing", "card_not_found")}
+        assert client.get("/t/not-an-id").status_code == 422
+    finally:
+        OPERATIONS[:] = [op for op in OPERATIONS if op.blueprint != bp.name]
 
 
 #: Entry points: importing them builds an application from the environment.
@@ -395,6 +325,8 @@ def test_real_answers_of_a_whole_flow_conform_to_the_document(
         documented = operation.definition.raw["responses"]
         assert str(response.status_code) in documented, (method, path, response.status_code, response.text)
         operation.validate_response(response)
+    # Every typed error a route answered is one its declaration lists (web.declare).
+    assert api.server.app.extensions.get("undeclared_errors", set()) == set()
 
 
 def _card_body(money: Any = 100) -> dict[str, Any]:

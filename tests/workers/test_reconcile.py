@@ -83,7 +83,7 @@ class World:
             ownerId=self.user,
             params={"checkoutId": checkout["_id"], "cardId": card_id},
         )
-        return str(payments.charge(self.settings, job)["id"])
+        return payments.charge(self.settings, job).id
 
 
 def clean_world(settings: Settings, standin: str) -> World:

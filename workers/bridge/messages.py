@@ -18,8 +18,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from shared.money import PositiveNeighbourAmount
 from shared.pan import scrub_message
-
-ObjectIdStr = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{24}$")]
+from shared.wire import ObjectIdText
 
 
 class BadMessage(ValueError):
@@ -35,7 +34,7 @@ class OrderRefunded(BaseModel):
     """``orderService-orderRefunded``: a whole order is refunded."""
 
     model_config = ConfigDict(extra="ignore", strict=False)
-    paymentId: ObjectIdStr
+    paymentId: ObjectIdText
     totalPrice: PositiveNeighbourAmount | None = None
     #: The order service always sends true; anything else is not a refund.
     refunded: Literal[True] = True
@@ -45,7 +44,7 @@ class ProductRefunded(BaseModel):
     """``orderService-productFromOrderRefunded``: units of one product are refunded."""
 
     model_config = ConfigDict(extra="ignore", strict=False)
-    paymentId: ObjectIdStr
+    paymentId: ObjectIdText
     productId: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     price: PositiveNeighbourAmount
 

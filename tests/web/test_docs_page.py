@@ -32,8 +32,8 @@ BROWSER_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
-def served(settings: Settings, celery_app: Any) -> Iterator[ServedApp]:
-    app = ServedApp(create_app(settings, celery_app))
+def served(settings: Settings, payment_celery: Any) -> Iterator[ServedApp]:
+    app = ServedApp(create_app(settings, payment_celery))
     yield app
     app.close()
 

@@ -64,6 +64,23 @@ TEST_ENV = {
 os.environ.update(TEST_ENV)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest tests first, so that the run does not end on them one after another.
+
+    ``-n 2 --dist loadgroup`` hands tests out one at a time in this order; the
+    long fault tests, last in file order, used to start late and keep one
+    process busy for minutes after the other had finished.  ``slow(seconds=N)``
+    states a test's usual duration in CI; another slow test counts 10 s, the
+    rest 0, in their collection order (the sort is stable).
+    """
+
+    def expected_seconds(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("slow")
+        return 0.0 if mark is None else float(mark.kwargs.get("seconds", 10))
+
+    items.sort(key=lambda item: -expected_seconds(item))
+
+
 def make_settings(**overrides: object) -> Settings:
     """Test settings; never read from a developer's .env file."""
     return Settings(_env_file=None, **overrides)  # type: ignore[call-arg]

@@ -265,6 +265,9 @@ def private_server(
     command = [
         java,
         "-Xmx256m",
+        # A server of one test: the quick compiler alone starts it sooner on a
+        # small machine (devstack.servers.SHORT_LIVED_JVM).
+        "-XX:TieredStopAtLevel=1",
         "-cp",
         f"{lib}/*",
         str(LAUNCHER),

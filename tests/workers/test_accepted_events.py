@@ -66,7 +66,7 @@ class PrivateKafka:
     def start(self) -> None:
         with (self.root / "out.log").open("ab") as out:
             self.proc = subprocess.Popen(
-                servers.kafka_command(self.root, heap="384m"),
+                servers.kafka_command(self.root, heap="384m", short_lived=True),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -344,10 +344,12 @@ def nginx_command(root: Path) -> list[str]:
 def _mongo_ready() -> bool:
     import pymongo  # the project's own dependency; imported late so `install` runs without it
 
-    # 3 s: on a busy machine the JVM server can take over a second to answer a
-    # ping, and a test run that found it "not running" would stop at once.
+    if not port_open(MONGO_PORT):
+        return False  # at once: pymongo would keep trying a refused port until its timeout
+    # 10 s: on a busy machine the JVM server can take seconds to answer a ping
+    # (4 s measured here), and a test run that found it "not running" stopped at once.
     client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
-        f"mongodb://{HOST}:{MONGO_PORT}", serverSelectionTimeoutMS=3000, connectTimeoutMS=3000
+        f"mongodb://{HOST}:{MONGO_PORT}", serverSelectionTimeoutMS=10000, connectTimeoutMS=10000
     )
     try:
         client.admin.command("ping")

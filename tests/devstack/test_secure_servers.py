@@ -39,9 +39,7 @@ from tests.conftest import make_settings
 from tests.support import free_port, stop_group, wait_until
 from workers.app import create_celery
 
-# One xdist process runs them all: the private secure Kafka (module-scoped, the
-# slowest set-up of the suite) then starts once per run, not once per process.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("secure-servers")]
+pytestmark = pytest.mark.slow
 
 #: The secure stack's principals, and one that exists but was granted nothing.
 USERS = {**servers.KAFKA_USERS, "intruder": "intruder-password"}

@@ -608,7 +608,9 @@ def _close_refused_sockets() -> None:
     """
     gc.collect()
     for obj in gc.get_objects():
-        if isinstance(obj, socket.socket) and obj.fileno() >= 0 and obj.type == socket.SOCK_STREAM:
+        # type(), not isinstance(): isinstance reads a weak proxy's __class__,
+        # which raises ReferenceError once its object is gone.
+        if issubclass(type(obj), socket.socket) and obj.fileno() >= 0 and obj.type == socket.SOCK_STREAM:
             try:
                 obj.getpeername()
             except OSError:

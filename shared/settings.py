@@ -245,6 +245,13 @@ class Settings(BaseSettings):
         validation_alias="KAFKA_BRIDGE_GROUP",
         description="Consumer group of the refund bridge instances.",
     )
+    bridge_session_timeout_ms: int = Field(
+        45000,
+        ge=6000,
+        le=300000,
+        validation_alias="KAFKA_BRIDGE_SESSION_TIMEOUT_MS",
+        description="How long the group waits for a silent bridge before moving its partitions.",
+    )
     rate_limit_writes: str = Field(
         "30/minute",
         validation_alias="RATE_LIMIT_WRITES",

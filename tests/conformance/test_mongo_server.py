@@ -265,6 +265,9 @@ def private_server(
     command = [
         java,
         "-Xmx256m",
+        # A server of one test: the quick compiler alone starts it sooner on a
+        # small machine (devstack.servers.SHORT_LIVED_JVM).
+        "-XX:TieredStopAtLevel=1",
         "-cp",
         f"{lib}/*",
         str(LAUNCHER),
@@ -554,7 +557,7 @@ def test_decimal128_compares_by_value_across_scales(db: Database[Document]) -> N
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=35)
 @pytest.mark.timeout(180)
 def test_data_and_unique_index_survive_a_graceful_server_restart(tmp_path: Path) -> None:
     data_file = tmp_path / "mongo.mv.db"

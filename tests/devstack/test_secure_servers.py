@@ -72,7 +72,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
     servers.kafka_prepare(root, port, controller, users=USERS)
     with (root / "kafka.log").open("ab") as log:
         proc = subprocess.Popen(
-            servers.kafka_command(root, heap="384m"),
+            servers.kafka_command(root, heap="384m", short_lived=True),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -46,7 +46,7 @@ def test_a_worker_process_killed_mid_charge_is_redelivered_and_debits_once(
     assert_paid_once(card["id"], job["result"]["id"], Decimal("1000.00"), Decimal("59.97"))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=65)
 def test_a_whole_worker_node_killed_mid_charge_is_redelivered_to_another_node(
     world_factory, seed_checkout
 ) -> None:

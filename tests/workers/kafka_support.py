@@ -111,7 +111,13 @@ def read_topic(settings: Settings, topic: str, timeout_ms: int = 5000) -> list[A
 def bridge_process(
     env: dict[str, str] | None = None, log: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A refund bridge process of this test run (stopped with SIGKILL if still running).
+    """A refund bridge process of this test run, stopped at the end if still running.
+
+    It is stopped with SIGTERM, so that it leaves its consumer group at once:
+    a SIGKILLed member keeps its partitions until its session expires (45 s by
+    default), and the next bridge of the group (the next test's) would wait
+    that long.  SIGKILL only if it lingers; a test that means to kill a bridge
+    does it itself.
 
     With ``log``, its log lines (JSON, one a line) are written to that file.
     """
@@ -128,8 +134,12 @@ def bridge_process(
             yield proc
         finally:
             if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 def handed_over(log: Path) -> list[str]:

@@ -66,7 +66,7 @@ class PrivateKafka:
     def start(self) -> None:
         with (self.root / "out.log").open("ab") as out:
             self.proc = subprocess.Popen(
-                servers.kafka_command(self.root, heap="384m"),
+                servers.kafka_command(self.root, heap="384m", short_lived=True),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -91,7 +91,7 @@ def private_kafka(tmp_path: Path) -> Iterator[PrivateKafka]:
     kafka.stop()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=100)
 def test_a_kafka_outage_delays_accepted_events_but_loses_none_and_invents_none(
     private_kafka: PrivateKafka,
     tmp_path: Path,

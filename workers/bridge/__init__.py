@@ -91,6 +91,10 @@ class RefundBridge:
             # for a new group (replays are harmless: tasks dedupe by event id).
             auto_offset_reset="earliest",
             max_poll_records=100,
+            # A killed bridge's partitions wait this long for it (a clean
+            # stop leaves the group at once); heartbeats stay well inside it.
+            session_timeout_ms=settings.bridge_session_timeout_ms,
+            heartbeat_interval_ms=min(3000, settings.bridge_session_timeout_ms // 3),
         )
         self.stopping = stopping or threading.Event()
         #: Topic name -> the id Kafka gave it when it was created (KIP-516).

@@ -31,6 +31,7 @@ PUBLIC_TASKS = {
     "payments.delete": "payments",
     "refunds.refund_order": "refunds",
     "refunds.refund_product": "refunds",
+    "refunds.apply_batch": "refunds",
     "outbox.publish_accepted": "maintenance",
     "jobs.requeue_stale": "maintenance",
     "jobs.requeue_unstarted": "maintenance",

@@ -26,6 +26,7 @@ from workers.app import TASK_MODULES, PaymentTask
 ACK_LATE = {"cards.add", "cards.delete", "payments.charge", "payments.delete"} | {
     "refunds.refund_order",
     "refunds.refund_product",
+    "refunds.apply_batch",
 }
 
 

@@ -25,6 +25,9 @@ task_queues = (
     Queue("refunds"),
     Queue("maintenance"),
 )
+#: The queues' names, in the form ``celery worker -Q`` takes them: what a
+#: worker that serves every queue is started with (make dev, the bench, tests).
+ALL_QUEUES = ",".join(queue.name for queue in task_queues)
 task_default_queue = "maintenance"
 task_routes = {
     "payments.*": {"queue": "payments"},

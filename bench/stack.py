@@ -27,11 +27,12 @@ from typing import Any
 import requests
 from werkzeug.serving import make_server
 
+import celeryconfig
 from bench.common import NotReady, children, wait_until, worker_command
 from devstack.checkout_standin import CheckoutStore, create_standin
 
 ROOT = Path(__file__).resolve().parent.parent
-QUEUES = "payments,cards,refunds,maintenance"
+QUEUES = celeryconfig.ALL_QUEUES
 _JOB_ID = re.compile(r"[0-9a-f]{24}")
 _EVENT_ID = re.compile(r"'event_id': '([^']+)'")
 

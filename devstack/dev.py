@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+import celeryconfig
 from devstack import servers
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ PY = sys.executable
 BIN = Path(PY).parent
 
 #: Queues the development workers consume.
-WORKER_QUEUES = "payments,cards,refunds,maintenance"
+WORKER_QUEUES = celeryconfig.ALL_QUEUES
 
 #: Settings a child needs whatever .env says: the API sits behind the proxy,
 #: so it takes the client's address from the one X-Forwarded-For nginx sets.

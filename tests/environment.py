@@ -17,12 +17,13 @@ import sys
 import uuid
 from pathlib import Path
 
+import celeryconfig
 from devstack import servers
 from shared.settings import Settings
 from tests.support import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_QUEUES = "payments,cards,refunds,maintenance"
+TEST_QUEUES = celeryconfig.ALL_QUEUES
 
 
 def _run_id() -> str:

@@ -17,6 +17,7 @@ import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
 
+import celeryconfig
 from devstack import servers as devstack_servers
 from shared import db
 from shared.settings import Settings
@@ -107,7 +108,7 @@ class World:
 
     def start_worker(self, name: str = "fault") -> Any:
         node = f"{name}{self.prefix[-3:-1]}"
-        proc = start_worker(node, concurrency=1, queues="payments,cards,refunds,maintenance", env=self.env)
+        proc = start_worker(node, concurrency=1, queues=celeryconfig.ALL_QUEUES, env=self.env)
         self.log = devstack_servers.STACK_DIR / "logs" / f"test-worker-{node}-{RUN_ID}.log"
         wait_until(lambda: self.celery.control.ping(timeout=1), timeout=60, message="fault worker answers")
         return proc

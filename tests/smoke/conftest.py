@@ -20,10 +20,11 @@ from docker.errors import DockerException
 from pytest_celery import CeleryBrokerCluster, CeleryWorkerContainer, RedisTestBroker
 from pytest_docker_tools import build, container, fxtr
 
+import celeryconfig
 from tests.environment import ROOT, TEST_ENV
 
 #: The queues a worker of the service consumes (celeryconfig.task_queues).
-QUEUES = "payments,cards,refunds,maintenance"
+QUEUES = celeryconfig.ALL_QUEUES
 
 
 def _docker_engine_missing() -> str | None:

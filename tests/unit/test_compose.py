@@ -640,6 +640,12 @@ def test_the_worker_stop_grace_period_outlasts_the_hard_task_time_limit() -> Non
     assert grace > celeryconfig.task_time_limit
 
 
+def test_the_worker_serves_every_queue_celeryconfig_declares() -> None:
+    command = _argv(_service("worker")["command"])
+    assert command[command.index("-Q") + 1] == celeryconfig.ALL_QUEUES
+    assert f"-Q {celeryconfig.ALL_QUEUES}" in (ROOT / "README.md").read_text()
+
+
 def test_the_api_stop_grace_period_outlasts_gunicorns_graceful_timeout() -> None:
     assert _seconds(_service("api")["stop_grace_period"]) > 30
 

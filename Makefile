@@ -33,14 +33,15 @@ stack-down: ## stop the servers
 stack-status: ## say which servers answer
 	$(PY) -m devstack status
 
-test: install ## start the servers that are not running, run every test, stop what it started
-	@mkdir -p .stack/run; record=$(RUN_RECORD); \
-	$(PY) -m devstack up --record $$record || { $(PY) -m devstack down --record $$record; exit 1; }; \
-	$(PY) -m pytest -n 2 --dist loadgroup --cov --cov-report=term:skip-covered $(PYTEST_ARGS); rc=$$?; \
-	$(PY) -m devstack down --record $$record; exit $$rc
-
 # Closed loopback ports: a unit test that reaches a server fails rather than passing by luck.
 UNIT_ENV := DEVSTACK_REDIS_PORT=1 DEVSTACK_KAFKA_PORT=2 DEVSTACK_MONGO_PORT=3
+
+test: install ## every test: the unit tests first (no server), then start the servers that are not running, run the integration tests, stop what it started
+	$(UNIT_ENV) $(PY) -m pytest -n 2 tests/unit --cov --cov-report= $(PYTEST_ARGS)
+	@mkdir -p .stack/run; record=$(RUN_RECORD); \
+	$(PY) -m devstack up --record $$record || { $(PY) -m devstack down --record $$record; exit 1; }; \
+	$(PY) -m pytest -n 2 --dist loadgroup --ignore=tests/unit --cov --cov-append --cov-report=term:skip-covered $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m devstack down --record $$record; exit $$rc
 
 test-unit: $(STAMP) ## the unit tests (tests/unit), with no server at all
 	$(UNIT_ENV) $(PY) -m pytest -n 2 tests/unit $(PYTEST_ARGS)

@@ -21,6 +21,8 @@ def _start(port: int, data: Path) -> subprocess.Popen[bytes]:
     client = redis.Redis(port=port)
     wait_until(lambda: _pong(client), timeout=20, message="private redis answers")
     client.close()
+    # The answer must be this server's: another test's server may hold the port.
+    assert proc.poll() is None, f"the private redis exited ({proc.returncode}): port {port} taken?"
     return proc
 
 
@@ -42,7 +44,10 @@ def test_queued_tasks_survive_a_redis_restart(tmp_path: Path, stop_signal: int) 
         time.sleep(1.5)  # appendfsync everysec: what was acknowledged a second ago is on disk
         proc.send_signal(stop_signal)
         proc.wait(timeout=20)
+        # The same data on a port free now: the old one may have been taken meanwhile.
+        port = free_port()
         proc = _start(port, tmp_path)
+        app = create_celery(make_settings(CELERY_BROKER_URL=f"redis://127.0.0.1:{port}/0"))
         with app.connection_for_read() as conn, conn.SimpleQueue("maintenance") as queue:
             found = set()
             while len(found) < len(sent):

@@ -37,14 +37,14 @@ stack-status: ## say which servers answer
 UNIT_ENV := DEVSTACK_REDIS_PORT=1 DEVSTACK_KAFKA_PORT=2 DEVSTACK_MONGO_PORT=3
 
 test: install ## every test: the unit tests first (no server), then start the servers that are not running, run the integration tests, stop what it started
-	$(UNIT_ENV) $(PY) -m pytest -n 2 tests/unit --cov --cov-report= $(PYTEST_ARGS)
+	$(UNIT_ENV) $(PY) -m pytest tests/unit --cov --cov-report= $(PYTEST_ARGS)
 	@mkdir -p .stack/run; record=$(RUN_RECORD); \
 	$(PY) -m devstack up --record $$record || { $(PY) -m devstack down --record $$record; exit 1; }; \
 	$(PY) -m pytest -n 2 --dist loadgroup --ignore=tests/unit --cov --cov-append --cov-report=term:skip-covered $(PYTEST_ARGS); rc=$$?; \
 	$(PY) -m devstack down --record $$record; exit $$rc
 
 test-unit: $(STAMP) ## the unit tests (tests/unit), with no server at all
-	$(UNIT_ENV) $(PY) -m pytest -n 2 tests/unit $(PYTEST_ARGS)
+	$(UNIT_ENV) $(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-smoke: $(STAMP) ## the worker image on pytest-celery's containers (skips without a Docker engine)
 	$(PY) -m pytest tests/smoke $(PYTEST_ARGS)

@@ -42,13 +42,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     nothing: xdist renames ``item._nodeid``, which pytest 9 no longer reads); the
     long fault tests, last in file order, used to start late and keep one
     process busy for minutes after the other had finished.  ``slow(seconds=N)``
-    states a test's usual duration in CI; another slow test counts 10 s, the
-    rest 0, in their collection order (the sort is stable).
+    states a test's usual duration in CI; every other test keeps its place in
+    collection order (the sort is stable).
     """
 
     def expected_seconds(item: pytest.Item) -> float:
         mark = item.get_closest_marker("slow")
-        return 0.0 if mark is None else float(mark.kwargs.get("seconds", 10))
+        return 0.0 if mark is None else float(mark.kwargs.get("seconds", 0))
 
     items.sort(key=lambda item: -expected_seconds(item))
 

@@ -34,6 +34,20 @@ class DyingWebProcess:
         return None
 
 
+def _pay_job_never_sent(client: Client, checkout: dict[str, Any], card: dict[str, Any]) -> Job:
+    """The job of paying ``checkout`` with ``card``, stored as the API stores it; its message is lost."""
+    job, _ = jobs.submit(
+        DyingWebProcess(),
+        job_type="payment.pay",
+        owner=client.user_id,
+        params={"checkoutId": checkout["_id"], "cardId": card["id"]},
+        resource_id=None,
+        req_hash=uuid.uuid4().hex,
+        idempotency_key=None,
+    )
+    return job
+
+
 def test_a_charge_failed_by_one_run_is_not_debited_by_another_run_holding_it_pending(
     settings: Settings,
     client: Client,
@@ -44,15 +58,7 @@ def test_a_charge_failed_by_one_run_is_not_debited_by_another_run_holding_it_pen
     first = pay_new_checkout(client, seed_checkout, card["id"], total="59.97")
     assert first["status"] == "succeeded"  # the card now holds 40.03
     checkout = seed_checkout(client.user_id, total="50.00")
-    job, _ = jobs.submit(
-        DyingWebProcess(),
-        job_type="payment.pay",
-        owner=client.user_id,
-        params={"checkoutId": checkout["_id"], "cardId": card["id"]},
-        resource_id=None,
-        req_hash=uuid.uuid4().hex,
-        idempotency_key=None,
-    )
+    job = _pay_job_never_sent(client, checkout, card)
     monkeypatch.setenv("PAYMENT_FAILPOINTS", "stall:charge.before_debit")
     monkeypatch.setattr(failpoints, "STALL_SECONDS", 6)
     stalling = make_settings()
@@ -92,15 +98,7 @@ def test_a_duplicate_delivery_of_a_charge_does_not_reopen_the_charge_another_del
 ) -> None:
     card = client.add_card(money=10)
     checkout = seed_checkout(client.user_id, total="50.00")
-    job, _ = jobs.submit(
-        DyingWebProcess(),
-        job_type="payment.pay",
-        owner=client.user_id,
-        params={"checkoutId": checkout["_id"], "cardId": card["id"]},
-        resource_id=None,
-        req_hash=uuid.uuid4().hex,
-        idempotency_key=None,
-    )
+    job = _pay_job_never_sent(client, checkout, card)
     # The job's message delivered twice (sent again while the first copy waited): both
     # start; the second runs to its end first and finds too little money.
     first, second = jobs.start(str(job.id)), jobs.start(str(job.id))

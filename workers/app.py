@@ -277,6 +277,10 @@ def create_celery(settings: Settings | None = None) -> PaymentCelery:
         transport_options["global_keyprefix"] = settings.broker_key_prefix
     app.conf.update(
         broker_url=settings.broker_url,
+        # Celery prefers the CELERY_BROKER_URL environment variable to
+        # ``broker_url``, but not to these: the settings decide, always.
+        broker_read_url=settings.broker_url,
+        broker_write_url=settings.broker_url,
         result_backend=settings.broker_url,
         broker_transport_options=transport_options,
         result_backend_transport_options=dict(transport_options),

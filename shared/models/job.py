@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from mongoengine import DateTimeField, DictField, IntField, StringField
+from mongoengine import DateTimeField, DictField, Document, IntField, StringField
 
 from shared.models.base import TimestampedDocument
 
@@ -69,3 +69,21 @@ class Job(TimestampedDocument):
 
 def status_key(job_id: object, status: str) -> str:
     return f"{job_id}:{status}"
+
+
+def update_by_status(
+    document: type[Document], doc_id: object, from_statuses: list[str], **changes: Any
+) -> bool:
+    """Apply ``changes`` to a job or refund event whose status is one of ``from_statuses``; True if applied.
+
+    The filter is the document's ``statusKey`` alone (one unique index).  A
+    document stored before that key existed is matched by ``_id`` and status
+    instead (a scan on the local server, once: ``changes`` carry its key).
+    """
+    keys = [status_key(doc_id, status) for status in from_statuses]
+    if document.objects(statusKey__in=keys).update_one(**changes):
+        return True
+    legacy = document.objects(id=doc_id).only("statusKey").first()
+    if legacy is None or legacy.statusKey is not None:
+        return False
+    return bool(document.objects(id=doc_id, statusKey=None, status__in=from_statuses).update_one(**changes))

@@ -10,7 +10,7 @@ from typing import Any
 
 from pymongo import UpdateOne
 
-from shared.models import RefundEvent, status_key
+from shared.models import RefundEvent, status_key, update_by_status
 from shared.models.base import utcnow
 from shared.services.jobs import TaskSender
 
@@ -141,17 +141,11 @@ def settle(event_id: str, status: str, reason: str | None = None) -> None:
 def _while_received(event_id: str, **changes: Any) -> None:
     """Apply ``changes`` if the event is still ``received``.
 
-    By ``statusKey`` alone (one unique index); an event stored before that
-    key existed is matched by ``_id`` and status instead (a scan on the local
-    server, once: it gets its key here).
+    By ``statusKey`` alone (:func:`shared.models.update_by_status`); an event
+    stored before that key existed gets it here.
     """
-    if RefundEvent.objects(statusKey=status_key(event_id, "received")).update_one(**changes):
-        return
-    legacy = RefundEvent.objects(id=event_id).only("statusKey").first()
-    if legacy is None or legacy.statusKey is not None:
-        return
     changes.setdefault("set__statusKey", status_key(event_id, "received"))
-    RefundEvent.objects(id=event_id, statusKey=None, status="received").update_one(**changes)
+    update_by_status(RefundEvent, event_id, ["received"], **changes)
 
 
 def requeue_stale(sender: TaskSender, older_than: timedelta, limit: int) -> int:

@@ -27,7 +27,7 @@ from shared.errors import (
     TooManyOpenJobs,
 )
 from shared.logs import log_context
-from shared.models import IdempotencyRecord, Job, JobStatus, status_key
+from shared.models import IdempotencyRecord, Job, JobStatus, status_key, update_by_status
 from shared.models.base import utcnow
 from shared.principal import Principal
 from shared.services.views import Deleted, JobResult, to_bson
@@ -203,18 +203,11 @@ def wait_for_end(job: Job, seconds: float, poll: float = 0.1) -> Job:
 def move(job_id: object, from_statuses: list[JobStatus], to: JobStatus, **changes: Any) -> bool:
     """Move a job from one of ``from_statuses`` to ``to`` with ``changes``; True if this update did.
 
-    The filter is the job's ``statusKey`` alone (one unique index).  A job
-    stored before that key existed is moved by ``_id`` and status instead (a
-    scan on the local server; such jobs end or expire).
+    By the job's ``statusKey`` alone (:func:`shared.models.update_by_status`);
+    a job stored before that key existed gets it here (such jobs end or expire).
     """
-    keys = [status_key(job_id, status) for status in from_statuses]
     changes = {"set__status": to, "set__statusKey": status_key(job_id, to), **changes}
-    if Job.objects(statusKey__in=keys).update_one(**changes):
-        return True
-    legacy = Job.objects(id=job_id).only("statusKey").first()
-    if legacy is None or legacy.statusKey is not None:
-        return False
-    return bool(Job.objects(id=job_id, statusKey=None, status__in=from_statuses).update_one(**changes))
+    return update_by_status(Job, job_id, list(from_statuses), **changes)
 
 
 def start(job_id: str) -> Job | None:

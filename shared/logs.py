@@ -6,7 +6,11 @@ numbers and CVVs are never put in a log record by our code; as a last line of
 defence the formatter masks whatever can be a card number (12-19 digits
 passing the Luhn check, in any grouping) in the message, the traceback and
 every field, and leaves every other number alone, so that a task's runtime
-("succeeded in 0.0045238s") stays readable.
+("succeeded in 0.0045238s") stays readable.  The context's identifiers (user,
+job, task, request, event) are kept whole when they have the shape of an id
+(an ObjectId, a UUID): one in a few thousand random ObjectIds holds a digit
+run that passes the Luhn check, and a masked user id is a line an operator
+cannot find.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +26,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.pan import scrub_data, scrub_text
+
+# ObjectId, UUID without and with dashes.
+_ID_SHAPE = re.compile(
+    r"[0-9a-f]{24}|[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+)
+_ID_FIELDS = ("user_id", "job_id", "task_id", "request_id", "event_id")
 
 _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("log_context", default=None)
 
@@ -58,7 +69,12 @@ class JsonFormatter(logging.Formatter):
             entry.update(extra)
         if record.exc_info:
             entry["exc"] = scrub_text(self.formatException(record.exc_info))
-        return json.dumps(scrub_data(entry), default=str)
+        ids = {
+            name: entry.pop(name)
+            for name in _ID_FIELDS
+            if isinstance(entry.get(name), str) and _ID_SHAPE.fullmatch(entry[name])
+        }
+        return json.dumps({**scrub_data(entry), **ids}, default=str)
 
 
 def configure_logging(level: str = "INFO") -> None:

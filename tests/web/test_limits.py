@@ -287,12 +287,34 @@ def test_an_ended_job_expires_after_the_retention_and_an_open_one_never(
     assert ended["expiresAt"] - ended["updatedAt"] == timedelta(days=days)
     failed = client.wait(client.pay(str(ObjectId()), card["id"]))
     assert failed["status"] == "failed", failed
-    open_job = client.pay(str(ObjectId()), card["id"], headers={"Prefer": "wait=0"}).json()
-    if open_job["status"] in ("queued", "running"):
-        assert "expiresAt" not in (mongo.jobs.find_one({"_id": ObjectId(open_job["id"])}) or {})
     stored = mongo.jobs.find_one({"_id": ObjectId(failed["id"])})
     assert stored is not None
     assert stored["expiresAt"] - stored["updatedAt"] == timedelta(days=days)
+    # A job held open: submitted (its task kept back rather than queued, so
+    # no worker can end it under the test), then started.
+    kept_back: list[tuple[str, Any]] = []
+
+    class KeepBack:
+        def send_task(self, name: str, args: Any = (), **_options: Any) -> None:
+            kept_back.append((name, args))
+
+    open_job, new = jobs.submit(
+        KeepBack(),
+        job_type="payment.pay",
+        owner=client.user_id,
+        params={},
+        resource_id=None,
+        req_hash="h",
+        idempotency_key=None,
+    )
+    assert new
+    assert kept_back == [("payments.charge", [str(open_job.id)])]
+    assert "expiresAt" not in (mongo.jobs.find_one({"_id": open_job.id}) or {"expiresAt": "no job"})
+    assert jobs.start(str(open_job.id)) is not None
+    running = mongo.jobs.find_one({"_id": open_job.id})
+    assert running is not None
+    assert running["status"] == "running"
+    assert "expiresAt" not in running
 
 
 def test_the_retention_is_the_setting_and_a_reopened_charge_no_longer_expires() -> None:

@@ -18,7 +18,7 @@ from hypothesis import assume, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from shared.logs import JsonFormatter
+from shared.logs import JsonFormatter, log_context
 from shared.pan import luhn_valid, scrub_data, scrub_message, scrub_text
 
 VISA = "4242424242424242"
@@ -339,3 +339,23 @@ def test_a_traceback_in_a_log_line_is_masked() -> None:
 def test_scrub_data_keeps_other_values_as_they_are() -> None:
     data = {"runtime": 0.0045238, "amount": 39.98, "count": 3, "ok": True, "none": None, "id": PAYMENT}
     assert scrub_data(data) == data
+
+
+def test_an_id_in_the_log_context_stays_whole_even_where_its_digits_pass_the_luhn_check() -> None:
+    # The user id of a failed CI run: its digits 826123215977473 are a Luhn-valid run.
+    user = "6b0bcd95d826123215977473"
+    task = "0b3d6ad7-46d5-4d40-8721-424242424242"
+    assert scrub_text(user) != user
+    with log_context(user_id=user, task_id=task):
+        line = _log_line("charged %s", user, job_id=user)
+    assert line["user_id"] == user
+    assert line["job_id"] == user
+    assert line["task_id"] == task
+    # Only the id fields are exempt: the same id in the message is masked.
+    assert line["msg"] == "charged 6b0bcd95d***********7473"
+
+
+def test_a_card_number_in_an_id_field_without_an_ids_shape_is_masked() -> None:
+    with log_context(user_id=VISA, event_id=f"{VISA}-x"):
+        line = _log_line("hello")
+    assert VISA not in json.dumps(line)

@@ -26,11 +26,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.pan import scrub_data, scrub_text
+from shared.wire import object_id_text
 
-# ObjectId, UUID without and with dashes.
-_ID_SHAPE = re.compile(
-    r"[0-9a-f]{24}|[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-)
+# A request id (UUID hex) or a task id (UUID with dashes); ObjectIds are shared.wire's.
+_UUID = re.compile(r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _ID_FIELDS = ("user_id", "job_id", "task_id", "request_id", "event_id")
 
 _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("log_context", default=None)
@@ -55,6 +54,13 @@ def unbind(token: contextvars.Token[dict[str, Any] | None]) -> None:
     _context.reset(token)
 
 
+def _is_id(value: object) -> bool:
+    """Whether ``value`` has the shape of one of the service's ids, in the service's (lowercase) form."""
+    if not isinstance(value, str):
+        return False
+    return object_id_text(value) == value or _UUID.fullmatch(value) is not None
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -69,11 +75,7 @@ class JsonFormatter(logging.Formatter):
             entry.update(extra)
         if record.exc_info:
             entry["exc"] = scrub_text(self.formatException(record.exc_info))
-        ids = {
-            name: entry.pop(name)
-            for name in _ID_FIELDS
-            if isinstance(entry.get(name), str) and _ID_SHAPE.fullmatch(entry[name])
-        }
+        ids = {name: entry.pop(name) for name in _ID_FIELDS if _is_id(entry.get(name))}
         return json.dumps({**scrub_data(entry), **ids}, default=str)
 
 

@@ -41,6 +41,13 @@ def read(card_id: str) -> Card | None:
     return Card.objects(id=card_id).only(*DECISION_FIELDS).first()
 
 
+def read_many(card_ids: list[str]) -> dict[str, Card]:
+    """The decision fields of several cards, in one read (by ``_id``)."""
+    if not card_ids:
+        return {}
+    return {str(card.id): card for card in Card.objects(id__in=list(card_ids)).only(*DECISION_FIELDS)}
+
+
 def decide(
     card: Card,
     name: str,
@@ -55,9 +62,25 @@ def decide(
     applied or refused); ``filters`` repeat every value the decision was
     computed from (a read is not a snapshot: tests/conformance).
     """
+    return decide_many(card, [name], excludes=excludes, filters=filters, changes=changes)
+
+
+def decide_many(
+    card: Card,
+    names: list[str],
+    *,
+    excludes: tuple[str, ...] = (),
+    filters: dict[str, Any] | None = None,
+    changes: dict[str, Any] | None = None,
+) -> bool:
+    """Push every one of ``names`` with ``changes`` in one update, as :func:`decide` pushes one.
+
+    The operations are applied together or not at all (one conditional
+    update): several credits of one card in a refund batch, say.
+    """
     updated = Card.objects(
-        id=card.id, version=card.version, inflight__nin=[name, *excludes], **(filters or {})
-    ).update_one(push__inflight=name, inc__version=1, set__updatedAt=utcnow(), **(changes or {}))
+        id=card.id, version=card.version, inflight__nin=[*names, *excludes], **(filters or {})
+    ).update_one(push_all__inflight=list(names), inc__version=1, set__updatedAt=utcnow(), **(changes or {}))
     return bool(updated)
 
 

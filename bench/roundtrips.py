@@ -114,7 +114,7 @@ class Step:
         order = [c.label for c in sorted(self.runs[-1], key=lambda c: c.end)]
         same = all([c.label for c in sorted(r, key=lambda c: c.end)] == order for r in self.runs)
         rows: list[tuple[str, float, float]] = []
-        if same:
+        if same and self.per == 1:
             for i, label in enumerate(order):
                 values = [sorted(r, key=lambda c: c.end)[i].seconds for r in self.runs]
                 rows.append((f"{i + 1:>2} {label}", statistics.median(values), percentile(values, 0.99)))

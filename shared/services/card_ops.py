@@ -25,6 +25,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from mongoengine.queryset import transform
+from pymongo import UpdateOne
+
 from shared.models import Card
 from shared.models.base import utcnow
 
@@ -41,11 +44,12 @@ def read(card_id: str) -> Card | None:
     return Card.objects(id=card_id).only(*DECISION_FIELDS).first()
 
 
-def read_many(card_ids: list[str]) -> dict[str, Card]:
-    """The decision fields of several cards, in one read (by ``_id``)."""
+def read_many(card_ids: list[str], *more: str) -> dict[str, Card]:
+    """The decision fields (and ``more``) of several cards, in one read (by ``_id``)."""
     if not card_ids:
         return {}
-    return {str(card.id): card for card in Card.objects(id__in=list(card_ids)).only(*DECISION_FIELDS)}
+    found = Card.objects(id__in=list(card_ids)).only(*DECISION_FIELDS, *more)
+    return {str(card.id): card for card in found}
 
 
 def decide(
@@ -82,6 +86,29 @@ def decide_many(
         id=card.id, version=card.version, inflight__nin=[*names, *excludes], **(filters or {})
     ).update_one(push_all__inflight=list(names), inc__version=1, set__updatedAt=utcnow(), **(changes or {}))
     return bool(updated)
+
+
+def decide_op(
+    card: Card,
+    names: list[str],
+    *,
+    filters: dict[str, Any] | None = None,
+    changes: dict[str, Any] | None = None,
+) -> UpdateOne:
+    """:func:`decide_many` as one operation of a bulk write (whose answer says only how many matched)."""
+    query = transform.query(
+        Card, id=card.id, version=card.version, inflight__nin=list(names), **(filters or {})
+    )
+    update = transform.update(
+        Card, push_all__inflight=list(names), inc__version=1, set__updatedAt=utcnow(), **(changes or {})
+    )
+    return UpdateOne(query, update)
+
+
+def settle_op(card_id: str, names: list[str]) -> UpdateOne:
+    """:func:`settle` as one operation of a bulk write."""
+    query = transform.query(Card, id=card_id, inflight__in=list(names))
+    return UpdateOne(query, transform.update(Card, pull_all__inflight=list(names), inc__version=1))
 
 
 def settle(card_id: str, *names: str) -> None:

@@ -32,6 +32,8 @@ from decimal import Decimal
 from typing import Any
 
 from bson import ObjectId
+from mongoengine.queryset import transform
+from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
 from shared import events
@@ -116,15 +118,19 @@ class _Recorded:
 def apply_many(settings: Settings, requests: list[RefundRequest]) -> dict[str, Outcome]:
     """Apply refund events together, each once, with the steps of the module's docstring.
 
-    Each step runs for all the events at once: one read of their payments and
-    one of their cards; one compare-and-set per payment records all of its
-    events (in order, each planned on the token the previous one leaves); one
-    conditional update per card credits all of its events; one insert writes
-    the ledger entries; one update per card settles them; the refund-applied
-    events are sent together and their acknowledgements awaited together; one
-    update per payment flags its refunds credited and published.  An event
-    that fails leaves the later steps to its retry; the others go on.  A
-    retry resumes each event where its flags say it stopped.
+    Each step runs for all the events at once, in one round trip whatever
+    their number: one read of their payments and one of their cards; one bulk
+    write of one compare-and-set per payment, which records all of its events
+    (in order, each planned on the token the previous one leaves); one bulk
+    write of one conditional update per card, which credits all of its
+    events; one insert of the ledger entries; one bulk write settling the
+    cards; the refund-applied events sent together and their
+    acknowledgements awaited together; one bulk write flagging the refunds
+    credited and published.  A conditional step whose bulk answer says that
+    not every update matched reads what it wrote again and decides again (a
+    bulk write says how many matched, not which).  An event that fails
+    leaves the later steps to its retry; the others go on.  A retry resumes
+    each event where its flags say it stopped.
     """
     outcomes: dict[str, Outcome] = {}
     unique = list({r.event_id: r for r in requests}.values())
@@ -146,7 +152,15 @@ def apply_many(settings: Settings, requests: list[RefundRequest]) -> dict[str, O
 def _record_many(
     settings: Settings, requests: list[RefundRequest], outcomes: dict[str, Outcome]
 ) -> tuple[list[_Recorded], dict[str, Card]]:
-    """Step 1 for every event (one read of the payments, one of their cards, one write per payment)."""
+    """Step 1 for every event: rounds of one read of the payments and one bulk compare-and-set.
+
+    Each payment's events are planned in order on the token the previous one
+    leaves and written by one update whose filter is the token read.  If every
+    update of the round matched, all are recorded; if not, the bulk answer
+    does not say which, so the payments written are read again (with the
+    others to retry): one whose update applied shows its refunds recorded.
+    The cards returned were read before any record of this call.
+    """
     groups: dict[str, list[RefundRequest]] = {}
     for request in requests:
         if ObjectId.is_valid(request.payment_id):
@@ -160,91 +174,154 @@ def _record_many(
         for request in requests:
             outcomes.setdefault(request.event_id, exc)
         return [], {}
+    checked = cards
     recorded: list[_Recorded] = []
-    for payment_id, group in groups.items():
-        try:
-            done = _record_payment(payment_id, group, read.get(payment_id), cards, outcomes)
-        except Exception as exc:  # noqa: BLE001 - this payment's events retry
-            for request in group:
-                outcomes.setdefault(request.event_id, exc)
-            continue
-        for rec in done:
+    pending = list(groups)
+    for attempt in range(MAX_CAS_ATTEMPTS):
+        if attempt:
             try:
-                failpoint(settings, "refund.after_record", rec.refund.eventId)
-            except Exception as exc:  # noqa: BLE001 - this event alone stops here
-                outcomes[rec.refund.eventId] = exc
-                continue
-            recorded.append(rec)
-    return recorded, cards
+                read = payment_tokens.read_many(pending)
+                # For the deletion check alone: the credit step decides on the cards as first read.
+                checked = card_ops.read_many(list({p.creditCardId for p, _t in read.values()}))
+            except Exception as exc:  # noqa: BLE001 - the database is away: these events retry
+                _fail(outcomes, [r for pid in pending for r in groups[pid]], exc)
+                return recorded, cards
+        entries, again = _record_round(pending, groups, read, checked, outcomes)
+        recorded.extend(entries)
+        pending = again
+        if not pending:
+            break
+    else:
+        contended = RefundContended("Payments kept changing; their refunds will be retried.")
+        _fail(outcomes, [r for pid in pending for r in groups[pid]], contended)
+    order = {r.event_id: i for i, r in enumerate(requests)}
+    done = []
+    for rec in sorted(recorded, key=lambda rec: order[rec.refund.eventId]):
+        try:
+            failpoint(settings, "refund.after_record", rec.refund.eventId)
+        except Exception as exc:  # noqa: BLE001 - this event alone stops here
+            outcomes[rec.refund.eventId] = exc
+            continue
+        done.append(rec)
+    return done, cards
 
 
-def _record_payment(
-    payment_id: str,
-    group: list[RefundRequest],
-    got: tuple[Payment, PaymentToken] | None,
-    cards: dict[str, Card],
+def _record_round(
+    pending: list[str],
+    groups: dict[str, list[RefundRequest]],
+    read: dict[str, tuple[Payment, PaymentToken]],
+    checked: dict[str, Card],
     outcomes: dict[str, Outcome],
-) -> list[_Recorded]:
-    """Record a payment's events once (one compare-and-set for all); their entries, in order.
+) -> tuple[list[_Recorded], list[str]]:
+    """One round of step 1: plan each payment read, write all in one bulk; the entries, the ids to retry."""
+    plans: dict[str, _PaymentPlan] = {}
+    again = []
+    for payment_id in pending:
+        got = read.get(payment_id)
+        if got is None:
+            for request in groups[payment_id]:
+                outcomes[request.event_id] = RefundPaymentNotFound(f"No charged payment {payment_id}.")
+            continue
+        plan = _plan_payment(payment_id, groups[payment_id], got, checked.get(got[0].creditCardId))
+        if plan is None:
+            again.append(payment_id)  # a torn read: read again
+        else:
+            plans[payment_id] = plan
+    writes = {pid: plan for pid, plan in plans.items() if plan.planned}
+    if writes:
+        try:
+            result = Payment._get_collection().bulk_write(
+                [UpdateOne({"token": plan.token.dump()}, plan.update()) for plan in writes.values()],
+                ordered=False,
+            )
+            applied = result.matched_count == len(writes)
+        except Exception as exc:  # noqa: BLE001 - the database is away: these events retry
+            _fail(outcomes, [r for pid in writes for r in groups[pid]], exc)
+            applied, plans = True, {pid: plan for pid, plan in plans.items() if pid not in writes}
+        if not applied:  # which matched is not said: read them again
+            again.extend(writes)
+            plans = {pid: plan for pid, plan in plans.items() if pid not in writes}
+    for plan in plans.values():
+        outcomes.update(plan.rejected)
+    return [e for plan in plans.values() for e in plan.entries], again
+
+
+def _fail(outcomes: dict[str, Outcome], requests: list[RefundRequest], exc: Exception) -> None:
+    for request in requests:
+        outcomes.setdefault(request.event_id, exc)
+
+
+@dataclass
+class _PaymentPlan:
+    """A payment's events planned on the token read: the refunds to push and the payment's changes."""
+
+    token: PaymentToken
+    new: PaymentToken
+    planned: list[Refund]
+    changes: dict[str, Any]
+    entries: list[_Recorded]
+    rejected: dict[str, Exception]
+
+    def update(self) -> dict[str, Any]:
+        """The compare-and-set's update (``payment_tokens.write``'s), as a raw document."""
+        return dict(
+            transform.update(
+                Payment,
+                set__token=self.new.dump(),
+                set__version=self.new.version,
+                set__updatedAt=utcnow(),
+                push_all__refunds=self.planned,
+                **self.changes,
+            )
+        )
+
+
+def _plan_payment(
+    payment_id: str, group: list[RefundRequest], got: tuple[Payment, PaymentToken], card: Card | None
+) -> _PaymentPlan | None:
+    """Plan a payment's events in order; None if the read is torn (read again).
 
     A refund already recorded is returned first, whatever the payment's state
     now: a retry must finish what its first delivery started.  Deleting a
-    payment only hides it, so its refunds still apply.  The card, read once
-    for the batch before any record, is read again only after a lost race.
+    payment only hides it, so its refunds still apply.
     """
-    for attempt in range(MAX_CAS_ATTEMPTS):
-        if attempt:
-            got = payment_tokens.read(payment_id)
-        if got is None:
-            for request in group:
-                outcomes[request.event_id] = RefundPaymentNotFound(f"No charged payment {payment_id}.")
-            return []
-        payment, token = got
-        earlier = {r.eventId: r for r in payment.refunds}
-        if any(r.event_id not in earlier for r in group) and (
-            len(payment.refunds) < token.refunds or len(payment.products) != len(token.refunded_quantities)
-        ):
-            continue  # a read is not a snapshot: these fields are older than the token; read again
-        card_id = payment.creditCardId
-        # Read again after a lost race, for this check alone: the credit step
-        # decides on the card as read before any record of the batch.
-        card = card_ops.read(card_id) if attempt else cards.get(card_id)
-        rejected: dict[str, Exception] = {}
-        entries: list[_Recorded] = []
-        planned: list[Refund] = []
-        changes: dict[str, Any] = {}
-        new = token
-        total = money(payment.totalPrice)
-        for request in group:
-            done = earlier.get(request.event_id)
-            if done is not None:  # recorded by an earlier delivery of this event
-                entries.append(
-                    _Recorded(payment, done, money(payment.refundedAmount), bool(payment.refunded), False)
-                )
-                continue
-            try:
-                if new.state != PaymentState.CHARGED:
-                    raise RefundPaymentNotFound(f"No charged payment {payment_id}.")
-                if card is None or card.deletedAt is not None:
-                    raise RefundCardDeleted(f"The card {card_id} of payment {payment_id} was deleted.")
-                refund, more, new = _plan(payment, new, request.event_id, request.product_id, request.price)
-            except RefundRejected as exc:
-                rejected[request.event_id] = exc
-                continue
-            changes.update(more)  # a later plan's values are the newer ones
-            planned.append(refund)
-            entries.append(
-                _Recorded(payment, refund, new.refunded_amount, new.refunded_amount == total, True)
+    payment, token = got
+    earlier = {r.eventId: r for r in payment.refunds}
+    if any(r.event_id not in earlier for r in group) and (
+        len(payment.refunds) < token.refunds or len(payment.products) != len(token.refunded_quantities)
+    ):
+        return None  # a read is not a snapshot: these fields are older than the token
+    plan = _PaymentPlan(token, token, [], {}, [], {})
+    total = money(payment.totalPrice)
+    for request in group:
+        done = earlier.get(request.event_id)
+        if done is not None:  # recorded by an earlier delivery of this event
+            plan.entries.append(
+                _Recorded(payment, done, money(payment.refundedAmount), bool(payment.refunded), False)
             )
+            continue
+        try:
+            if plan.new.state != PaymentState.CHARGED:
+                raise RefundPaymentNotFound(f"No charged payment {payment_id}.")
+            if card is None or card.deletedAt is not None:
+                raise RefundCardDeleted(
+                    f"The card {payment.creditCardId} of payment {payment_id} was deleted."
+                )
+            refund, changes, plan.new = _plan(
+                payment, plan.new, request.event_id, request.product_id, request.price
+            )
+        except RefundRejected as exc:
+            plan.rejected[request.event_id] = exc
+            continue
         # The plans' changing inputs (refunded amount and quantities, number
         # of refunds, state) are the token's, read atomically as one field;
         # the update applies only if the payment still holds that token.
         # The rest (products, prices, total) never changes once charged.
-        if planned and not payment_tokens.write(token, new, push_all__refunds=planned, **changes):
-            continue
-        outcomes.update(rejected)
-        return entries
-    raise RefundContended(f"Payment {payment_id} kept changing; its refunds will be retried.")
+        plan.changes.update(changes)  # a later plan's values are the newer ones
+        plan.planned.append(refund)
+        amount = plan.new.refunded_amount
+        plan.entries.append(_Recorded(payment, refund, amount, amount == total, True))
+    return plan
 
 
 def _plan(
@@ -324,7 +401,7 @@ def _credit_name(event_id: str) -> str:
 def _credit_many(
     settings: Settings, recorded: list[_Recorded], cards: dict[str, Card], outcomes: dict[str, Outcome]
 ) -> list[_Recorded]:
-    """Steps 2-3 for every recorded event: one decision per card, one ledger insert, one settle per card.
+    """Steps 2-3 for every recorded event: bulk credit decisions, one ledger insert, bulk settles.
 
     Returns the events whose credit and ledger entry are done (the card may
     still name them if its settle failed: a retry settles it).
@@ -332,90 +409,151 @@ def _credit_many(
     by_card: dict[str, list[_Recorded]] = {}
     for rec in recorded:
         by_card.setdefault(rec.payment.creditCardId, []).append(rec)
-    ledger: list[_Recorded] = []
-    to_settle: dict[str, list[str]] = {}
-    for card_id, recs in by_card.items():
-        try:
-            named = _decide_credits(settings, card_id, recs, cards.get(card_id), outcomes)
-        except Exception as exc:  # noqa: BLE001 - this card's events retry
-            for rec in recs:
-                outcomes.setdefault(rec.refund.eventId, exc)
-            continue
-        ledger.extend(rec for rec in recs if rec.refund.eventId not in outcomes)
-        if named:
-            to_settle[card_id] = named
     try:
-        _write_ledger([rec for rec in ledger if not rec.refund.credited])
+        to_settle = _decide_credits(settings, by_card, cards, outcomes)
     except Exception as exc:  # noqa: BLE001 - the database is away: these events retry
-        for rec in ledger:
+        for rec in recorded:
             outcomes.setdefault(rec.refund.eventId, exc)
         return []
-    for card_id, names in to_settle.items():
+    done = [rec for rec in recorded if rec.refund.eventId not in outcomes]
+    try:
+        _write_ledger([rec for rec in done if not rec.refund.credited])
+    except Exception as exc:  # noqa: BLE001 - the database is away: these events retry
+        for rec in done:
+            outcomes.setdefault(rec.refund.eventId, exc)
+        return []
+    if to_settle:
         try:
-            card_ops.settle(card_id, *names)
+            Card._get_collection().bulk_write(
+                [card_ops.settle_op(card_id, names) for card_id, names in to_settle.items()], ordered=False
+            )
         except Exception as exc:  # noqa: BLE001 - these events retry (their settle is repeated)
-            for rec in by_card[card_id]:
+            for rec in done:
                 outcomes.setdefault(rec.refund.eventId, exc)
-    return [rec for rec in ledger if rec.refund.eventId not in outcomes]
+            return []
+    return done
 
 
 def _decide_credits(
-    settings: Settings, card_id: str, recs: list[_Recorded], card: Card | None, outcomes: dict[str, Outcome]
-) -> list[str]:
-    """Credit the card with every event of ``recs`` not credited yet, in one update; the names to settle.
+    settings: Settings,
+    by_card: dict[str, list[_Recorded]],
+    cards: dict[str, Card],
+    outcomes: dict[str, Outcome],
+) -> dict[str, list[str]]:
+    """Credit each card with its events not credited yet (one bulk write a round); the names to settle.
 
     An operation is taken as applied only when its name is seen on the card
     or its ledger entry exists, never because an update matched nothing.
     The ledger is read after the card (a name is pulled only once its entry
-    is written).  On the first attempt, the card read for the batch before
-    any refund was recorded: an event recorded since by this run cannot have
-    been credited by anyone without moving the card's version, so the
-    decision's filter covers it and its ledger entry need not be looked for.
+    is written).  In the first round the cards are those read before any
+    refund of this call was recorded: an event recorded since by this call
+    cannot have been credited by anyone without moving its card's version,
+    so the decision's filter covers it and its ledger entry need not be
+    looked for.  If not every decision of a round matched, the cards written
+    are read again (the bulk answer does not say which matched).
     """
-    events = {_credit_name(rec.refund.eventId): rec for rec in recs}
+    events = {card_id: {_credit_name(r.refund.eventId): r for r in recs} for card_id, recs in by_card.items()}
     # Credited by an earlier delivery and flagged so: only a name left on the card to settle.
-    names = [n for n, rec in events.items() if not rec.refund.credited]
-    settle = [n for n, rec in events.items() if rec.refund.credited and card and n in card.inflight]
-    stale = {n for n in names if not events[n].fresh}
+    names = {cid: [n for n, r in ev.items() if not r.refund.credited] for cid, ev in events.items()}
+    settle = {
+        cid: [n for n, r in ev.items() if r.refund.credited and cid in cards and n in cards[cid].inflight]
+        for cid, ev in events.items()
+    }
+    stale = {n for cid, ev in events.items() for n in names[cid] if not ev[n].fresh}
+    pending = [cid for cid in by_card if names[cid]]
     for attempt in range(card_ops.MAX_ATTEMPTS):
-        if attempt or card is None:
-            card = card_ops.read(card_id)
-            stale = set(names)
-        if card is None:  # pragma: no cover - a card is never removed, only marked deleted
-            raise CardContended(f"Card {card_id} is missing; its refunds will be retried.")
-        seen = [n for n in names if n in card.inflight]
-        settle.extend(seen)  # credited; its bookkeeping is not finished
-        names = [n for n in names if n not in card.inflight]
-        asked = [n for n in names if n in stale]
-        if asked:
-            written = {e.id for e in LedgerEntry.objects(id__in=asked).only("id")}
-            names = [n for n in names if n not in written]
-        if attempt and names:  # credited by an earlier version of this code
-            legacy = Card.objects(id=card_id).only("credits").first()
-            marked = set(legacy.credits if legacy is not None else [])
-            names = [n for n in names if events[n].refund.eventId not in marked]
-        if not names:
+        if not pending:
             break
-        amount = sum((money(events[n].refund.amount) for n in names), Decimal("0"))
-        if card_ops.decide_many(
-            card,
-            names,
-            filters={"credits__nin": [events[n].refund.eventId for n in names]},
-            changes={"inc__money": amount},
-        ):
-            settle.extend(names)
+        if attempt:
+            cards = card_ops.read_many(pending, "credits")
+            stale = {n for cid in pending for n in names[cid]}
+        missing = [c for c in pending if c not in cards]  # a card is never removed, only marked deleted
+        _fail_cards(outcomes, by_card, missing, CardContended("A card is missing."))
+        pending = [c for c in pending if c in cards]
+        _not_credited(
+            pending, cards=cards, events=events, names=names, settle=settle, stale=stale, legacy=bool(attempt)
+        )
+        pending = [cid for cid in pending if names[cid]]
+        if not pending:
             break
+        ops = [_credit_op(cards[cid], [events[cid][n] for n in names[cid]]) for cid in pending]
+        result = Card._get_collection().bulk_write(ops, ordered=False)
+        if result.matched_count == len(ops):
+            for cid in pending:
+                settle[cid].extend(names[cid])
+            pending = []
     else:
-        raise CardContended(f"Card {card_id} kept changing; its refunds will be retried.")
-    for name, rec in events.items():
-        if rec.refund.credited:
-            continue
-        try:
-            failpoint(settings, "refund.after_card_credit", rec.refund.eventId)
-        except Exception as exc:  # noqa: BLE001 - this event alone stops here (its credit is made)
-            outcomes[rec.refund.eventId] = exc
-            settle = [n for n in settle if n != name]
-    return settle
+        contended = CardContended("Cards kept changing; their refunds will be retried.")
+        _fail_cards(outcomes, by_card, pending, contended)
+    _after_card_credit(settings, events, settle, outcomes)
+    return {cid: names_ for cid, names_ in settle.items() if names_}
+
+
+def _after_card_credit(
+    settings: Settings,
+    events: dict[str, dict[str, _Recorded]],
+    settle: dict[str, list[str]],
+    outcomes: dict[str, Outcome],
+) -> None:
+    """The failpoint after each credit; an event stopped there keeps its name on the card."""
+    for cid, ev in events.items():
+        for name, rec in ev.items():
+            if rec.refund.credited or rec.refund.eventId in outcomes:
+                continue
+            try:
+                failpoint(settings, "refund.after_card_credit", rec.refund.eventId)
+            except Exception as exc:  # noqa: BLE001 - this event alone stops here (its credit is made)
+                outcomes[rec.refund.eventId] = exc
+                settle[cid] = [n for n in settle[cid] if n != name]
+
+
+def _fail_cards(
+    outcomes: dict[str, Outcome], by_card: dict[str, list[_Recorded]], card_ids: list[str], exc: Exception
+) -> None:
+    for cid in card_ids:
+        for rec in by_card[cid]:
+            outcomes.setdefault(rec.refund.eventId, exc)
+
+
+def _not_credited(
+    pending: list[str],
+    *,
+    cards: dict[str, Card],
+    events: dict[str, dict[str, _Recorded]],
+    names: dict[str, list[str]],
+    settle: dict[str, list[str]],
+    stale: set[str],
+    legacy: bool,
+) -> None:
+    """Keep in ``names`` only the credits not made yet: not on the card, not in the ledger (read after it).
+
+    A name on the card goes to ``settle`` (credited; its bookkeeping is not
+    finished).  With ``legacy``, the card's ``credits`` list (earlier
+    versions' marker) counts as made too.
+    """
+    for cid in pending:
+        seen = [n for n in names[cid] if n in cards[cid].inflight]
+        settle[cid].extend(seen)
+        names[cid] = [n for n in names[cid] if n not in seen]
+        if legacy:
+            marked = set(cards[cid].credits or [])
+            names[cid] = [n for n in names[cid] if events[cid][n].refund.eventId not in marked]
+    asked = [n for cid in pending for n in names[cid] if n in stale]
+    if asked:
+        written = {e.id for e in LedgerEntry.objects(id__in=asked).only("id")}
+        for cid in pending:
+            names[cid] = [n for n in names[cid] if n not in written]
+
+
+def _credit_op(card: Card, credits: list[_Recorded]) -> UpdateOne:
+    """One card's credit of several events: their amounts added, their names pushed, in one update."""
+    amount = sum((money(r.refund.amount) for r in credits), Decimal("0"))
+    return card_ops.decide_op(
+        card,
+        [_credit_name(r.refund.eventId) for r in credits],
+        filters={"credits__nin": [r.refund.eventId for r in credits]},
+        changes={"inc__money": amount},
+    )
 
 
 def _write_ledger(recs: list[_Recorded]) -> None:
@@ -455,29 +593,35 @@ def _publish_many(settings: Settings, recs: list[_Recorded], outcomes: dict[str,
 
 
 def _flag_many(credited: list[_Recorded], published: list[_Recorded], outcomes: dict[str, Outcome]) -> None:
-    """Mark the refunds credited (and published) on their payments: one update per payment."""
+    """Mark the refunds credited (and published) on their payments: one bulk write, by ``_id``."""
     sent = {rec.refund.eventId for rec in published}
     by_payment: dict[str, list[_Recorded]] = {}
     for rec in credited:
         if not (rec.refund.credited and rec.refund.published):
             by_payment.setdefault(str(rec.payment.id), []).append(rec)
+    ops = []
     for payment_id, recs in by_payment.items():
         both = [r.refund.eventId for r in recs if r.refund.eventId in sent or r.refund.published]
         only = [r.refund.eventId for r in recs if r.refund.eventId not in both]
-        try:
-            if both:
-                _flag(payment_id, both, "credited", "published")
-            if only:
-                _flag(payment_id, only, "credited")
-        except Exception as exc:  # noqa: BLE001 - these events retry (their flags are set again)
+        if both:
+            ops.append(_flag_op(payment_id, both, "credited", "published"))
+        if only:
+            ops.append(_flag_op(payment_id, only, "credited"))
+    if not ops:
+        return
+    try:
+        Payment._get_collection().bulk_write(ops, ordered=False)
+    except Exception as exc:  # noqa: BLE001 - these events retry (their flags are set again)
+        for recs in by_payment.values():
             for rec in recs:
                 outcomes.setdefault(rec.refund.eventId, exc)
 
 
-def _flag(payment_id: str, event_ids: list[str], *flags: str) -> None:
+def _flag_op(payment_id: str, event_ids: list[str], *flags: str) -> UpdateOne:
     """Set flags of refund entries (filtered by ``_id`` alone, so found by index)."""
-    Payment.objects(id=payment_id).update_one(
-        __raw__={"$set": {f"refunds.$[refund].{flag}": True for flag in flags}},
+    return UpdateOne(
+        {"_id": ObjectId(payment_id)},
+        {"$set": {f"refunds.$[refund].{flag}": True for flag in flags}},
         array_filters=[{"refund.eventId": {"$in": event_ids}}],
     )
 

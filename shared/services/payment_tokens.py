@@ -42,24 +42,6 @@ def read(payment_id: Any, *fields: str) -> tuple[Payment, PaymentToken] | None:
     return payment, PaymentToken.load(payment.token)
 
 
-def read_many(payment_ids: list[Any]) -> dict[str, tuple[Payment, PaymentToken]]:
-    """Whole payments and their tokens by id, in one read (by ``_id``); missing ones are left out.
-
-    A payment stored before the token existed gets it here, as in :func:`read`.
-    """
-    if not payment_ids:
-        return {}
-    found: dict[str, tuple[Payment, PaymentToken]] = {}
-    for payment in Payment.objects(id__in=list(payment_ids)):
-        if payment.token is None:
-            got = read(payment.id)
-            if got is not None:
-                found[str(payment.id)] = got
-            continue
-        found[str(payment.id)] = (payment, PaymentToken.load(payment.token))
-    return found
-
-
 def migrate(payment: Payment | None) -> None:
     """Give a payment stored by an earlier version the token of its fields (once).
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from bson import ObjectId
+from bson import Decimal128, ObjectId
 from mongoengine.queryset import transform
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
@@ -161,6 +161,7 @@ def _record_many(
     others to retry): one whose update applied shows its refunds recorded.
     The cards returned were read before any record of this call.
     """
+    wanted = {r.event_id for r in requests}
     groups: dict[str, list[RefundRequest]] = {}
     for request in requests:
         if ObjectId.is_valid(request.payment_id):
@@ -168,8 +169,8 @@ def _record_many(
         else:
             outcomes[request.event_id] = RefundPaymentNotFound(f"No charged payment {request.payment_id}.")
     try:
-        read = payment_tokens.read_many(list(groups))
-        cards = card_ops.read_many(list({p.creditCardId for p, _t in read.values()}))
+        read = _read_payments(list(groups), wanted)
+        cards = card_ops.read_many(list({r.payment.creditCardId for r in read.values()}))
     except Exception as exc:  # noqa: BLE001 - the database is away: every event retries
         for request in requests:
             outcomes.setdefault(request.event_id, exc)
@@ -180,9 +181,9 @@ def _record_many(
     for attempt in range(MAX_CAS_ATTEMPTS):
         if attempt:
             try:
-                read = payment_tokens.read_many(pending)
+                read = _read_payments(pending, wanted)
                 # For the deletion check alone: the credit step decides on the cards as first read.
-                checked = card_ops.read_many(list({p.creditCardId for p, _t in read.values()}))
+                checked = card_ops.read_many(list({r.payment.creditCardId for r in read.values()}))
             except Exception as exc:  # noqa: BLE001 - the database is away: these events retry
                 _fail(outcomes, [r for pid in pending for r in groups[pid]], exc)
                 return recorded, cards
@@ -209,7 +210,7 @@ def _record_many(
 def _record_round(
     pending: list[str],
     groups: dict[str, list[RefundRequest]],
-    read: dict[str, tuple[Payment, PaymentToken]],
+    read: dict[str, _Read],
     checked: dict[str, Card],
     outcomes: dict[str, Outcome],
 ) -> tuple[list[_Recorded], list[str]]:
@@ -222,7 +223,7 @@ def _record_round(
             for request in groups[payment_id]:
                 outcomes[request.event_id] = RefundPaymentNotFound(f"No charged payment {payment_id}.")
             continue
-        plan = _plan_payment(payment_id, groups[payment_id], got, checked.get(got[0].creditCardId))
+        plan = _plan_payment(payment_id, groups[payment_id], got, checked.get(got.payment.creditCardId))
         if plan is None:
             again.append(payment_id)  # a torn read: read again
         else:
@@ -244,6 +245,44 @@ def _record_round(
     for plan in plans.values():
         outcomes.update(plan.rejected)
     return [e for plan in plans.values() for e in plan.entries], again
+
+
+@dataclass
+class _Read:
+    """A payment as a refund needs it: without its refunds but those of the events asked about."""
+
+    payment: Payment
+    token: PaymentToken
+    #: How many refunds the document holds.
+    refunds: int
+    #: The refunds of the events asked about, by event id.
+    earlier: dict[str, Refund]
+
+
+def _read_payments(payment_ids: list[str], event_ids: set[str]) -> dict[str, _Read]:
+    """Payments by id in one read (by ``_id``); only the refunds of ``event_ids`` are parsed.
+
+    A payment's refund list grows with its refunds; parsing every entry of
+    every payment of a batch cost more CPU than the rest of the batch.  A
+    payment stored before the token existed gets it here
+    (:func:`payment_tokens.read`).
+    """
+    collection = Payment._get_collection()
+    found: dict[str, _Read] = {}
+    for row in collection.find({"_id": {"$in": [ObjectId(i) for i in payment_ids]}}):
+        doc = row
+        if doc.get("token") is None:
+            if payment_tokens.read(doc["_id"]) is None:  # pragma: no cover - a payment is never removed
+                continue
+            doc = collection.find_one({"_id": row["_id"]})
+            if doc is None or doc.get("token") is None:  # pragma: no cover - as above
+                continue
+        raw = doc.pop("refunds", None) or []
+        earlier = {r["eventId"]: Refund._from_son(r) for r in raw if r.get("eventId") in event_ids}
+        found[str(doc["_id"])] = _Read(
+            Payment._from_son(doc), PaymentToken.load(doc["token"]), len(raw), earlier
+        )
+    return found
 
 
 def _fail(outcomes: dict[str, Outcome], requests: list[RefundRequest], exc: Exception) -> None:
@@ -277,7 +316,7 @@ class _PaymentPlan:
 
 
 def _plan_payment(
-    payment_id: str, group: list[RefundRequest], got: tuple[Payment, PaymentToken], card: Card | None
+    payment_id: str, group: list[RefundRequest], got: _Read, card: Card | None
 ) -> _PaymentPlan | None:
     """Plan a payment's events in order; None if the read is torn (read again).
 
@@ -285,10 +324,9 @@ def _plan_payment(
     now: a retry must finish what its first delivery started.  Deleting a
     payment only hides it, so its refunds still apply.
     """
-    payment, token = got
-    earlier = {r.eventId: r for r in payment.refunds}
+    payment, token, earlier = got.payment, got.token, got.earlier
     if any(r.event_id not in earlier for r in group) and (
-        len(payment.refunds) < token.refunds or len(payment.products) != len(token.refunded_quantities)
+        got.refunds < token.refunds or len(payment.products) != len(token.refunded_quantities)
     ):
         return None  # a read is not a snapshot: these fields are older than the token
     plan = _PaymentPlan(token, token, [], {}, [], {})
@@ -560,14 +598,17 @@ def _write_ledger(recs: list[_Recorded]) -> None:
     """The credits' ledger entries, in one insert; an entry written by an earlier delivery stays."""
     if not recs:
         return
+    now = utcnow()
+    # The documents LedgerEntry(...).to_mongo() makes, built directly (a model each cost more CPU).
     documents = [
-        LedgerEntry(
-            id=_credit_name(rec.refund.eventId),
-            cardId=rec.payment.creditCardId,
-            kind="credit",
-            amount=money(rec.refund.amount),
-            paymentId=str(rec.payment.id),
-        ).to_mongo()
+        {
+            "_id": _credit_name(rec.refund.eventId),
+            "cardId": rec.payment.creditCardId,
+            "kind": "credit",
+            "amount": Decimal128(money(rec.refund.amount)),
+            "paymentId": str(rec.payment.id),
+            "at": now,
+        }
         for rec in recs
     ]
     try:

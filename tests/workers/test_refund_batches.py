@@ -9,7 +9,9 @@ them all: one batch.
 
 from __future__ import annotations
 
+import random
 import signal
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -20,11 +22,13 @@ from typing import Any
 import pytest
 
 from shared import db
+from shared.errors import OverRefund
 from shared.models import Card, LedgerEntry, Payment, RefundEvent
 from shared.services import inbox
+from shared.services.refunds import RefundRequest, apply_many
 from shared.settings import Settings
 from tests.environment import stop_worker
-from tests.helpers import Client
+from tests.helpers import Client, charged_payments
 from tests.support import wait_until
 from tests.workers.kafka_support import (
     batches_handed_over,
@@ -240,3 +244,56 @@ def test_the_batch_message_carries_per_event_task_messages(settings: Settings) -
     RefundEvent.objects(id=event_id).update_one(set__updatedAt=entry.updatedAt - timedelta(hours=1))
     inbox.requeue_stale(swept, timedelta(minutes=10), limit=1000)
     assert ("refunds.refund_product", kwargs) in swept.sent
+
+
+@pytest.mark.parametrize("seed", [7, 8, 9])
+def test_concurrent_batches_over_the_same_payments_apply_each_event_once_and_never_over_refund(
+    seed: int, settings: Settings, topics: list[str]
+) -> None:
+    """Eight batches at once, on three payments, with overlapping events: each event once, no over-refund.
+
+    Each payment has 10 units of 0.01; 15 distinct events ask for one unit
+    each, and every batch carries a shuffled share of them, so batches race
+    on each payment's compare-and-set and each card's credit (a bulk write
+    that does not match every update reads again what it wrote), and the
+    same event runs in several batches at once.  The races differ from run
+    to run: three runs of different shares.
+    """
+    db.connect(settings)
+    payment_ids = charged_payments(3, units=10)
+    topic = settings.topic(settings.topic_product_refunded)
+    requests = [
+        RefundRequest(f"{topic}:{uuid.uuid4()}:0:{i}", pid, "u", Decimal("0.01"))
+        for pid in payment_ids
+        for i in range(15)
+    ]
+    rng = random.Random(seed)
+    batches = [rng.sample(requests, 30) for _ in range(8)]
+    start = threading.Barrier(len(batches))
+    outcomes: list[dict[str, Any]] = []
+
+    def run(batch: list[RefundRequest]) -> None:
+        start.wait()
+        outcomes.append(apply_many(settings, batch))
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    # Whatever a batch could not finish (contended, rejected) runs again alone, as its per-event task would.
+    for request in requests:
+        outcome = apply_many(settings, [request])[request.event_id]
+        assert isinstance(outcome, dict | OverRefund), outcome
+    for payment_id in payment_ids:
+        payment = Payment.objects.get(id=payment_id)
+        recorded = [r.eventId for r in payment.refunds]
+        assert len(recorded) == len(set(recorded)) == 10, recorded  # never more than was paid
+        assert payment.refundedAmount == Decimal("0.10")
+        assert all(r.credited and r.published for r in payment.refunds)
+        card = Card.objects.get(id=payment.creditCardId)
+        assert (card.money, card.inflight) == (Decimal("0.10"), [])
+        assert sorted(
+            e.id.removeprefix("credit:") for e in LedgerEntry.objects(paymentId=payment_id)
+        ) == sorted(recorded)
+    assert len(outcomes) == len(batches)  # every batch ended

@@ -20,14 +20,13 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from bson import ObjectId
 from pymongo import monitoring
 
 from shared import db
-from shared.models import Card, Job, LedgerEntry, Payment, PaymentProduct, PaymentState, RefundEvent
-from shared.services import inbox, outbox, payment_tokens
+from shared.models import Card, Job, LedgerEntry, Payment, RefundEvent
+from shared.services import inbox, outbox
 from shared.settings import Settings
-from tests.helpers import Client, token_for
+from tests.helpers import Client, charged_payments, token_for
 from web import create_app
 
 #: Upper bounds of round trips; the counts before issue 10's cuts are in the README.
@@ -166,39 +165,6 @@ MAX_REFUND_PER_EVENT_IN_A_BATCH = 0.25  # 9 for the 40: the count does not grow 
 BATCH, PAYMENTS = 40, 10
 
 
-def _charged_payments(count: int) -> list[str]:
-    """Charged payments of 100 units of 0.01, each on a card of its own."""
-    ids = []
-    for _ in range(count):
-        card = Card(
-            cardUserId=str(ObjectId()),
-            cardHolderName="A B",
-            fingerprint=f"rt:{uuid.uuid4().hex}",
-            last4="4242",
-            brand="visa",
-            expireDate="12/39",
-            money=Decimal("0.00"),
-        )
-        card.save(force_insert=True)
-        payment = Payment(
-            userId=card.cardUserId,
-            checkoutId=str(ObjectId()),
-            creditCardId=str(card.id),
-            products=[PaymentProduct(productId="u", quantity=100, price=Decimal("0.01"))],
-            totalPrice=Decimal("1.00"),
-            cardHolderName="A B",
-            cardNumber="************4242",
-            expireDate="12/39",
-            state=PaymentState.CHARGED,
-            paymentStatus=True,
-            jobId=str(ObjectId()),
-        )
-        payment.save(force_insert=True)
-        payment_tokens.migrate(payment)  # as a charge leaves it: with its token
-        ids.append(str(payment.id))
-    return ids
-
-
 def _handed_batch(settings: Settings, payment_ids: list[str], count: int) -> list[dict[str, Any]]:
     """``count`` one-unit product refunds over the payments, in the inbox as the bridge leaves them."""
     topic = settings.topic(settings.topic_product_refunded)
@@ -237,7 +203,7 @@ def test_refund_events_ask_the_database_a_bounded_number_of_times_alone_and_in_a
     import workers.tasks.refunds  # noqa: F401 - registers the task run below
 
     apply_batch = payment_celery.tasks["refunds.apply_batch"]
-    payment_ids = _charged_payments(PAYMENTS)
+    payment_ids = charged_payments(PAYMENTS)
     warm = _handed_batch(settings, payment_ids[:1], 1)  # indexes, connections, the producer
     assert apply_batch.apply(kwargs={"events": warm}).successful()
 

@@ -1,6 +1,6 @@
 """``make bench``: round trips, step breakdown, goals of issue 10, scaling and memory, in one run.
 
-    make stack-up && .venv/bin/python -m bench [--quick] [--memory-charges 10000]
+    make stack-up && .venv/bin/python -m bench [--quick] [--memory-charges 10000] [--refunds-only]
 
 On the running servers, in a private database, broker prefix and topics:
 
@@ -149,6 +149,59 @@ def memory(stack: Any, charger: Any, charges: int) -> None:
         say(f"{charger.count} | {rate} | {api:.1f} | {pool:.1f}")
 
 
+def refunds_only(stack: Any, size: Sizes) -> None:
+    """The refund part of the bench alone: round trips, no-op baseline, bursts, steady run, goals."""
+    from bench.charge_latency import ping_latency, ping_rate
+    from bench.refund_throughput import PAYMENTS, one_run, seed
+
+    say("\n== 1. round trips and steps of a refund, in this process ==")
+    steps = roundtrips.measure(stack, size.inprocess)
+    say(roundtrips.report({k: v for k, v in steps.items() if k.startswith("refund")}))
+    say("\n== 2. 2 worker nodes (1 pool process each), 1 bridge ==")
+    payment_ids = seed(units=(size.burst * size.bursts + size.steady) // PAYMENTS + 20)
+    stack.workers(2)
+    stack.bridges(1)
+    ping_latency(stack, 20)  # warm-up: connections, pools, indexes
+    one_run(stack, payment_ids, 50)  # warm-up of the refund path
+    noop = ping_rate(stack, size.noop)
+    say(f"no-op system.ping, {size.noop} at once: {noop:.1f} tasks/s")
+    bursts = []
+    for _ in range(size.bursts):
+        cpu0 = service_cpu(stack)["workers"] + bridge_cpu(stack)
+        bursts.append(one_run(stack, payment_ids, size.burst))
+        cpu = service_cpu(stack)["workers"] + bridge_cpu(stack) - cpu0
+        say(
+            f"refund burst of {bursts[-1].events}: {bursts[-1].row()}; "
+            f"CPU ms per event (workers and bridge): {1000 * cpu / bursts[-1].events:.2f}"
+        )
+    steady = one_run(stack, payment_ids, size.steady, rate=20)
+    say(f"refunds at a steady 20/s (paced by the clock): {steady.row()}")
+    say(f"\nrefund steps, burst of {bursts[-1].events} (ms):")
+    say(table(["step", "median ms", "p99 ms"], _rows(bursts[-1].steps)))
+    refund_rate = statistics.median(b.events_per_s for b in bursts)
+    burst_p99 = statistics.median(percentile(b.latencies, 0.99) for b in bursts)
+    burst_note = "" if size.burst == 1000 else f" (bursts of {size.burst}: --quick)"
+    say("\n== 3. the refund goals of issue 10 (reported, not asserted) ==")
+    for goal in (
+        Goal(
+            "refund events/s / no-op tasks/s", refund_rate, noop, 1.0, True, f"{refund_rate:.1f} / {noop:.1f}"
+        ),
+        Goal(
+            "burst of 1,000 refunds, all applied: p99 seconds" + burst_note,
+            burst_p99,
+            1.0,
+            3.0,
+            False,
+            f"p99 {burst_p99:.2f} s",
+        ),
+    ):
+        say(goal.line())
+
+
+def bridge_cpu(stack: Any) -> float:
+    return sum(cpu_seconds(p.pid) for p in stack.bridge_procs)
+
+
 def main() -> int:  # noqa: PLR0915 - one report, in order
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -158,6 +211,11 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
         "--memory-charges", type=int, default=3000, help="charges before the second RSS reading (e.g. 10000)"
     )
     parser.add_argument("--memory-only", action="store_true", help="only the memory readings (section 5)")
+    parser.add_argument(
+        "--refunds-only",
+        action="store_true",
+        help="only the refund part: its round trips, bursts, steady run and goals (with --quick: smaller)",
+    )
     args = parser.parse_args()
     size = QUICK if args.quick else FULL
     from bench.charge_latency import Charger, ping_latency, ping_rate, steps, steps_table
@@ -176,6 +234,9 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
             stack.workers(2)
             say("\n== 5. memory (RSS, MiB) ==")
             memory(stack, Charger(stack), args.memory_charges)
+            return 0
+        if args.refunds_only:
+            refunds_only(stack, size)
             return 0
         say("\n== 1. round trips and steps, in this process ==")
         say(roundtrips.report(roundtrips.measure(stack, size.inprocess)))

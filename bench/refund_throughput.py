@@ -39,6 +39,7 @@ PAYMENTS = 50
 def seed(units: int) -> list[str]:
     """Charged payments of one product each, with ``units`` refundable units of 0.01."""
     from shared.models import Card, Payment, PaymentProduct, PaymentState
+    from shared.services import payment_tokens
 
     ids = []
     for _ in range(PAYMENTS):
@@ -66,6 +67,7 @@ def seed(units: int) -> list[str]:
             jobId=str(ObjectId()),
         )
         payment.save()
+        payment_tokens.migrate(payment)  # as a charge leaves it: with its token
         ids.append(str(payment.id))
     return ids
 

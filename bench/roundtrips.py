@@ -37,6 +37,8 @@ from bench.common import Command, CommandCounter, by_command, percentile, table
 COUNTER = CommandCounter()
 #: Each charge pays 100 units of 0.01, so that one payment can take the refunds.
 UNITS: dict[str, Any] = {"productId": "u", "quantity": 100, "price": 0.01, "sellerId": "s"}
+#: Refund events of one payment in the batch measured as a burst's poll hands them over.
+REFUND_BATCH = 20
 
 
 class Recorder:
@@ -94,6 +96,8 @@ class Step:
     name: str
     totals: list[float]
     runs: list[list[Command]]
+    #: Events one run stands for (a batch): round trips are shown per event too.
+    per: int = 1
 
     def add(self, total: float, commands: list[Command]) -> None:
         self.totals.append(total)
@@ -110,7 +114,7 @@ class Step:
         order = [c.label for c in sorted(self.runs[-1], key=lambda c: c.end)]
         same = all([c.label for c in sorted(r, key=lambda c: c.end)] == order for r in self.runs)
         rows: list[tuple[str, float, float]] = []
-        if same:
+        if same and self.per == 1:
             for i, label in enumerate(order):
                 values = [sorted(r, key=lambda c: c.end)[i].seconds for r in self.runs]
                 rows.append((f"{i + 1:>2} {label}", statistics.median(values), percentile(values, 0.99)))
@@ -194,8 +198,8 @@ class InProcess:
         from shared.models import Payment
         from workers.bridge import RefundBridge
 
-        if count + 1 > UNITS["quantity"]:
-            raise ValueError(f"at most {UNITS['quantity'] - 1} repetitions")
+        if count + 1 + REFUND_BATCH > UNITS["quantity"]:
+            raise ValueError(f"at most {UNITS['quantity'] - 1 - REFUND_BATCH} repetitions")
         payment = Payment.objects(userId=self.owner, state="charged").first()
         settings = self.settings
         topic = settings.topic(settings.topic_product_refunded)
@@ -208,32 +212,52 @@ class InProcess:
         bridge = RefundBridge(settings, self.sender, consumer=consumer)
         value = b'{"productId":"u","price":0.01,"cardNumber":"************4242","paymentId":"%s"}'
         steps = {name: Step(name, [], []) for name in ("refund bridge", "refund task")}
+        batch = f"refund task, batch of {REFUND_BATCH} (per event)"
+        steps[batch] = Step(batch, [], [], per=REFUND_BATCH)
+        payload = value % str(payment.id).encode()
         try:
             for i in range(count + 1):
-                producer.send(topic, value % str(payment.id).encode(), partition=0).get(timeout=30)
-                records: list[Any] = []
-                deadline = time.monotonic() + 30
-                while not records and time.monotonic() < deadline:
-                    records = consumer.poll(timeout_ms=1000).get(partition, [])
-                if len(records) != 1:
-                    raise RuntimeError(f"expected 1 refund record, got {len(records)}")
-                _, t_bridge, c_bridge = _timed(partial(_hand_over_one, bridge, records[0]))
+                records = _produce(producer, consumer, topic, partition, payload, count=1)
+                _, t_bridge, c_bridge = _timed(partial(_hand_over, bridge, records))
                 _, t_task, c_task = _timed(self.run_sent)
                 if i:
                     steps["refund bridge"].add(t_bridge, c_bridge)
                     steps["refund task"].add(t_task, c_task)
+            # Several records in one poll, as a burst arrives: one batch task.
+            records = _produce(producer, consumer, topic, partition, payload, count=REFUND_BATCH)
+            _hand_over(bridge, records)
+            _, t_task, c_task = _timed(self.run_sent)
+            steps[batch].add(t_task, c_task)
         finally:
             producer.close()
             consumer.close()
         return steps
 
 
-def _hand_over_one(bridge: Any, record: Any) -> None:
-    """What the bridge does with a polled batch of one record (without committing the offset)."""
-    event = bridge.prepare(record)
-    if event is None:
-        raise RuntimeError("the refund record was set aside")
-    bridge.hand_over([(record.topic, event)])
+def _produce(
+    producer: Any, consumer: Any, topic: str, partition: Any, value: bytes, *, count: int
+) -> list[Any]:
+    """Produce ``count`` records to partition 0 and poll them back (all of them)."""
+    for future in [producer.send(topic, value, partition=0) for _ in range(count)]:
+        future.get(timeout=30)
+    records: list[Any] = []
+    deadline = time.monotonic() + 30
+    while len(records) < count and time.monotonic() < deadline:
+        records.extend(consumer.poll(timeout_ms=1000).get(partition, []))
+    if len(records) != count:
+        raise RuntimeError(f"expected {count} refund records, got {len(records)}")
+    return records
+
+
+def _hand_over(bridge: Any, records: list[Any]) -> None:
+    """What the bridge does with a polled batch of records (without committing the offsets)."""
+    handed = []
+    for record in records:
+        event = bridge.prepare(record)
+        if event is None:
+            raise RuntimeError("the refund record was set aside")
+        handed.append((record.topic, event))
+    bridge.hand_over(handed)
 
 
 def measure(stack: Any, count: int) -> dict[str, Step]:
@@ -248,7 +272,10 @@ def report(steps: dict[str, Step]) -> str:
     rows = []
     for step in steps.values():
         counts = ", ".join(f"{k} x{v}" for k, v in step.counts().items())
-        rows.append([step.name, step.round_trips(), counts])
+        trips: Any = step.round_trips()
+        if step.per > 1:
+            trips = f"{trips / step.per:.2f} ({trips} for {step.per})"
+        rows.append([step.name, trips, counts])
     lines.append(table(["what", "round trips", "commands"], rows))
     lines.append("")
     lines.append(f"Steps, in this process (median and p99 of {len(next(iter(steps.values())).totals)}, ms):")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,6 +64,42 @@ def publish(
         future.get(timeout=timeout)
     except KafkaError as exc:
         raise EventNotPublished(f"{topic}: {type(exc).__name__}: {exc}") from exc
+
+
+def publish_many(
+    settings: Settings,
+    topic: str,
+    items: list[tuple[dict[str, Any], str | None]],
+    *,
+    timeout: float = 15.0,
+) -> list[EventNotPublished | None]:
+    """Send several events (value, key) at once, then wait for their acknowledgements together.
+
+    One wait for the lot instead of one per event; the answer says, per
+    item and in order, None once Kafka acknowledged it, else the error.
+    """
+    outcomes: list[EventNotPublished | None] = []
+    futures: list[Any] = []
+    for value, key in items:
+        try:
+            futures.append(
+                _producer(settings).send(
+                    settings.topic(topic), value=encode(value), key=key.encode() if key else None
+                )
+            )
+        except KafkaError as exc:
+            futures.append(EventNotPublished(f"{topic}: {type(exc).__name__}: {exc}"))
+    deadline = time.monotonic() + timeout
+    for future in futures:
+        if isinstance(future, EventNotPublished):
+            outcomes.append(future)
+            continue
+        try:
+            future.get(timeout=max(0.001, deadline - time.monotonic()))
+            outcomes.append(None)
+        except KafkaError as exc:
+            outcomes.append(EventNotPublished(f"{topic}: {type(exc).__name__}: {exc}"))
+    return outcomes
 
 
 def now() -> datetime:

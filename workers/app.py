@@ -40,6 +40,9 @@ EventWork = tuple[Callable[[], Any], Callable[[], bool]]
 #: batch task, well inside the tasks' soft time limit (celeryconfig).
 BATCH_TIME_BUDGET_SECONDS = 45.0
 
+#: Events of a batch applied together (each step once for all of them).
+BATCH_CHUNK = 100
+
 
 class PaymentCelery(Celery):
     """A Celery app that carries the typed settings it was built from."""
@@ -169,24 +172,29 @@ class PaymentTask(Task):
         events.dead_letter(self.settings, _raw(raw), event_id, rejected.code, rejected.detail)
         inbox.settle(event_id, "dead_lettered", rejected.code)
 
-    def run_batch(self, batch: list[dict[str, Any]], work_of: Mapping[str, Callable[..., EventWork]]) -> None:
-        """Apply a batch of Kafka events in order, each once, as its own per-event task would.
+    def run_batch(
+        self, batch: list[dict[str, Any]], apply: Callable[[list[dict[str, Any]]], Mapping[str, Any]]
+    ) -> None:
+        """Apply a batch of Kafka events, each once, as its own per-event task would.
 
         Each item is a per-event task message (``{"task", "kwargs"}``, the
-        kwargs holding the event id).  One read and one write of the inbox
-        start the batch (events already settled are skipped, the others
-        touched) and one write ends it (the applied ones settled); in between
-        each event runs under its own event id.  A rejected event is
-        dead-lettered at once.  An event that fails transiently is sent on as
+        kwargs holding the event id).  One read of the inbox starts the batch
+        (events already settled are skipped; the others are touched only if
+        the hand-over's time is old) and one write ends it (the applied ones
+        settled).  In between, ``apply`` applies the events together, in
+        chunks of ``BATCH_CHUNK`` (each step once for a chunk: see
+        ``shared.services.refunds.apply_many``), and answers per event id:
+        the refund-applied event, a :class:`RefundRejected` (the event is
+        dead-lettered at once), or a transient error (the event is sent on as
         its own per-event task, which keeps the retry and dead-letter chain of
         ``run_event``, and the batch goes on: no event holds back or repeats
-        another.
+        another).
 
         If the worker dies mid-batch, the redelivered batch runs again: the
-        events it had finished are no-ops by event id, the one in hand
-        resumes where its steps stopped.  If the message is lost, every event
-        not settled is still ``received`` in the inbox, where the sweep sends
-        it again on its own.
+        events it had finished are no-ops by event id, the others resume
+        where their steps stopped.  If the message is lost, every event not
+        settled is still ``received`` in the inbox, where the sweep sends it
+        again on its own.
         """
         started = time.monotonic()
         try:
@@ -194,28 +202,24 @@ class PaymentTask(Task):
         except Exception as exc:  # noqa: BLE001 - the database is away: the batch retries
             self._retry_batch(batch, exc)
             return
+        todo: list[dict[str, Any]] = []
+        for event in batch:
+            event_id = event["kwargs"]["event_id"]
+            if event_id not in done:
+                done.add(event_id)  # a copy later in the batch changes nothing
+                todo.append(event)
         applied: list[str] = []
         rest: list[dict[str, Any]] = []
-        for index, event in enumerate(batch):
-            task, kwargs = event["task"], event["kwargs"]
-            event_id = kwargs["event_id"]
-            if event_id in done:
-                continue
+        for first in range(0, len(todo), BATCH_CHUNK):
             if time.monotonic() - started > BATCH_TIME_BUDGET_SECONDS:
-                rest = [e for e in batch[index:] if e["kwargs"]["event_id"] not in done]
+                rest = todo[first:]
                 break
-            done.add(event_id)  # a copy later in the batch changes nothing
-            with log_context(event_id=event_id):
-                try:
-                    try:
-                        work, _recorded = work_of[task](self.settings, **kwargs)
-                        work()
-                    except RefundRejected as rejected:
-                        self._reject(event_id, kwargs.get("raw"), rejected)
-                    else:
-                        applied.append(event_id)
-                except Exception as exc:  # noqa: BLE001 - any failure: the event goes on alone
-                    self._hand_on(task, kwargs, exc)
+            chunk = todo[first : first + BATCH_CHUNK]
+            try:
+                outcomes = apply(chunk)
+            except Exception as exc:  # noqa: BLE001 - unexpected: each event goes on alone
+                outcomes = {e["kwargs"]["event_id"]: exc for e in chunk}
+            applied.extend(self._conclude(chunk, outcomes))
         try:
             inbox.settle_many(applied, "applied")
         except Exception as exc:  # noqa: BLE001 - the database is away: the batch retries
@@ -226,6 +230,25 @@ class PaymentTask(Task):
         if rest:
             log.warning("batch out of time; %d events sent on as a new batch", len(rest))
             self.app.send_task(self.name, kwargs={"events": rest})
+
+    def _conclude(self, chunk: list[dict[str, Any]], outcomes: Mapping[str, Any]) -> list[str]:
+        """Dead-letter the rejected events of a chunk, send the failed ones on; the applied ones' ids."""
+        applied = []
+        for event in chunk:
+            task, kwargs = event["task"], event["kwargs"]
+            event_id = kwargs["event_id"]
+            outcome = outcomes.get(event_id)
+            with log_context(event_id=event_id):
+                try:
+                    if isinstance(outcome, RefundRejected):
+                        self._reject(event_id, kwargs.get("raw"), outcome)
+                    elif isinstance(outcome, Exception):
+                        raise outcome
+                    else:
+                        applied.append(event_id)
+                except Exception as exc:  # noqa: BLE001 - any failure: the event goes on alone
+                    self._hand_on(task, kwargs, exc)
+        return applied
 
     def _hand_on(self, task: str, kwargs: dict[str, Any], exc: Exception) -> None:
         """One event of a batch failed transiently: it goes on as its own per-event task."""

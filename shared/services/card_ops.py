@@ -25,6 +25,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from mongoengine.queryset import transform
+from pymongo import UpdateOne
+
 from shared.models import Card
 from shared.models.base import utcnow
 
@@ -41,6 +44,14 @@ def read(card_id: str) -> Card | None:
     return Card.objects(id=card_id).only(*DECISION_FIELDS).first()
 
 
+def read_many(card_ids: list[str], *more: str) -> dict[str, Card]:
+    """The decision fields (and ``more``) of several cards, in one read (by ``_id``)."""
+    if not card_ids:
+        return {}
+    found = Card.objects(id__in=list(card_ids)).only(*DECISION_FIELDS, *more)
+    return {str(card.id): card for card in found}
+
+
 def decide(
     card: Card,
     name: str,
@@ -55,10 +66,49 @@ def decide(
     applied or refused); ``filters`` repeat every value the decision was
     computed from (a read is not a snapshot: tests/conformance).
     """
+    return decide_many(card, [name], excludes=excludes, filters=filters, changes=changes)
+
+
+def decide_many(
+    card: Card,
+    names: list[str],
+    *,
+    excludes: tuple[str, ...] = (),
+    filters: dict[str, Any] | None = None,
+    changes: dict[str, Any] | None = None,
+) -> bool:
+    """Push every one of ``names`` with ``changes`` in one update, as :func:`decide` pushes one.
+
+    The operations are applied together or not at all (one conditional
+    update): several credits of one card in a refund batch, say.
+    """
     updated = Card.objects(
-        id=card.id, version=card.version, inflight__nin=[name, *excludes], **(filters or {})
-    ).update_one(push__inflight=name, inc__version=1, set__updatedAt=utcnow(), **(changes or {}))
+        id=card.id, version=card.version, inflight__nin=[*names, *excludes], **(filters or {})
+    ).update_one(push_all__inflight=list(names), inc__version=1, set__updatedAt=utcnow(), **(changes or {}))
     return bool(updated)
+
+
+def decide_op(
+    card: Card,
+    names: list[str],
+    *,
+    filters: dict[str, Any] | None = None,
+    changes: dict[str, Any] | None = None,
+) -> UpdateOne:
+    """:func:`decide_many` as one operation of a bulk write (whose answer says only how many matched)."""
+    query = transform.query(
+        Card, id=card.id, version=card.version, inflight__nin=list(names), **(filters or {})
+    )
+    update = transform.update(
+        Card, push_all__inflight=list(names), inc__version=1, set__updatedAt=utcnow(), **(changes or {})
+    )
+    return UpdateOne(query, update)
+
+
+def settle_op(card_id: str, names: list[str]) -> UpdateOne:
+    """:func:`settle` as one operation of a bulk write."""
+    query = transform.query(Card, id=card_id, inflight__in=list(names))
+    return UpdateOne(query, transform.update(Card, pull_all__inflight=list(names), inc__version=1))
 
 
 def settle(card_id: str, *names: str) -> None:

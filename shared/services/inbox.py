@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import UpdateOne
@@ -78,20 +78,38 @@ def hand_over_batch(sender: TaskSender, batch_task: str, events: list[Handed]) -
     sender.send_task(batch_task, kwargs={"events": [e.message() for e in events]})
 
 
+#: A batch touches its events only when their hand-over (or last touch) is
+#: older than this: far younger than the sweep's age (``jobs.requeue_stale``,
+#: 10 minutes), so a batch that starts soon after its hand-over (the usual
+#: case) costs one read of the inbox, not a read and a write.
+TOUCH_AFTER = timedelta(seconds=60)
+
+
 def begin_batch(event_ids: Iterable[str]) -> set[str]:
     """A batch starts: touch its events still ``received``; return the ids already settled.
 
-    Two round trips for the whole batch, both found by ``_id``.  An event
-    settled meanwhile may have its ``updatedAt`` moved: harmless, the sweep
-    reads it only for events still ``received``.
+    One read for the whole batch, found by ``_id``, and one write, also by
+    ``_id``, only for events last touched more than ``TOUCH_AFTER`` ago (a
+    batch sent again by a retry or after a lost worker).  An event settled
+    meanwhile may have its ``updatedAt`` moved: harmless, the sweep reads it
+    only for events still ``received``.
     """
     ids = list(dict.fromkeys(event_ids))
-    rows = RefundEvent._get_collection().find({"_id": {"$in": ids}}, {"status": 1})
+    rows = list(RefundEvent._get_collection().find({"_id": {"$in": ids}}, {"status": 1, "updatedAt": 1}))
     settled = {row["_id"] for row in rows if row.get("status") != "received"}
-    open_ = [i for i in ids if i not in settled]
+    cutoff = utcnow() - TOUCH_AFTER
+    recent = {row["_id"] for row in rows if _aware(row.get("updatedAt")) > cutoff}
+    open_ = [i for i in ids if i not in settled and i not in recent]
     if open_:
         RefundEvent._get_collection().update_many({"_id": {"$in": open_}}, {"$set": {"updatedAt": utcnow()}})
     return settled
+
+
+def _aware(at: datetime | None) -> datetime:
+    """A stored time as an aware UTC datetime (the oldest possible if there is none)."""
+    if at is None:
+        return datetime.min.replace(tzinfo=UTC)
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def settle_many(event_ids: list[str], status: str) -> None:

@@ -148,8 +148,8 @@ def handed_over(log: Path) -> list[str]:
     for line in log.read_text().splitlines():
         if line.startswith("{"):
             entry = json.loads(line)
-            if entry.get("msg") == "refund event handed over":
-                ids.append(entry["event_id"])
+            if entry.get("msg") == "refund batch handed over":
+                ids.extend(entry["event_ids"])
     return ids
 
 

@@ -9,7 +9,9 @@ them all: one batch.
 
 from __future__ import annotations
 
+import random
 import signal
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -20,11 +22,13 @@ from typing import Any
 import pytest
 
 from shared import db
+from shared.errors import OverRefund
 from shared.models import Card, LedgerEntry, Payment, RefundEvent
 from shared.services import inbox
+from shared.services.refunds import RefundRequest, apply_many
 from shared.settings import Settings
 from tests.environment import stop_worker
-from tests.helpers import Client
+from tests.helpers import Client, charged_payments
 from tests.support import wait_until
 from tests.workers.kafka_support import (
     batches_handed_over,
@@ -142,8 +146,9 @@ def test_a_worker_killed_mid_batch_and_restarted_applies_every_event_exactly_onc
     world_factory: Callable[..., Any],
     seed_checkout: Callable[..., dict[str, Any]],
 ) -> None:
-    # Event 3 of 6 dies (or stalls, and its node is killed) right after its
-    # refund is recorded: events 0-2 are applied, not settled; 4-5 not begun.
+    # The batch records the six refunds of the payment in one write; event 3
+    # dies (or stalls, and its node is killed) right after: all six are
+    # recorded, none is credited, none settled.
     point = "refund.after_record@:0:3"
     world = world_factory(failpoints=point if kill == "pool process" else f"stall:{point}")
     client = Client(world.api.url)
@@ -157,14 +162,14 @@ def test_a_worker_killed_mid_batch_and_restarted_applies_every_event_exactly_onc
     env = {"KAFKA_TOPIC_PREFIX": isolated.kafka_topic_prefix, "CELERY_KEY_PREFIX": world.prefix}
     with bridge_process(env):
         wait_until(
-            lambda: len(Payment.objects.get(id=payment["id"]).refunds) == 4,
+            lambda: len(Payment.objects.get(id=payment["id"]).refunds) == 6,
             timeout=60,
-            message="the batch reached event 3",
+            message="the batch recorded its events",
         )
         if kill == "pool process":
             wait_until(lambda: "signal 9" in world.log.read_text(), timeout=30, message="the failpoint fired")
         else:
-            assert set(credits(payment)) == set(ids[:3])  # mid-batch: event 3 in hand
+            assert credits(payment) == {}  # mid-batch: recorded, not credited
             stop_worker(world.worker, signal.SIGKILL)
             world.worker = world.start_worker("again")
         # No sweep: the batch message itself comes back (acks_late) and runs again.
@@ -239,3 +244,56 @@ def test_the_batch_message_carries_per_event_task_messages(settings: Settings) -
     RefundEvent.objects(id=event_id).update_one(set__updatedAt=entry.updatedAt - timedelta(hours=1))
     inbox.requeue_stale(swept, timedelta(minutes=10), limit=1000)
     assert ("refunds.refund_product", kwargs) in swept.sent
+
+
+@pytest.mark.parametrize("seed", [7, 8, 9])
+def test_concurrent_batches_over_the_same_payments_apply_each_event_once_and_never_over_refund(
+    seed: int, settings: Settings, topics: list[str]
+) -> None:
+    """Eight batches at once, on three payments, with overlapping events: each event once, no over-refund.
+
+    Each payment has 10 units of 0.01; 15 distinct events ask for one unit
+    each, and every batch carries a shuffled share of them, so batches race
+    on each payment's compare-and-set and each card's credit (a bulk write
+    that does not match every update reads again what it wrote), and the
+    same event runs in several batches at once.  The races differ from run
+    to run: three runs of different shares.
+    """
+    db.connect(settings)
+    payment_ids = charged_payments(3, units=10)
+    topic = settings.topic(settings.topic_product_refunded)
+    requests = [
+        RefundRequest(f"{topic}:{uuid.uuid4()}:0:{i}", pid, "u", Decimal("0.01"))
+        for pid in payment_ids
+        for i in range(15)
+    ]
+    rng = random.Random(seed)
+    batches = [rng.sample(requests, 30) for _ in range(8)]
+    start = threading.Barrier(len(batches))
+    outcomes: list[dict[str, Any]] = []
+
+    def run(batch: list[RefundRequest]) -> None:
+        start.wait()
+        outcomes.append(apply_many(settings, batch))
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    # Whatever a batch could not finish (contended, rejected) runs again alone, as its per-event task would.
+    for request in requests:
+        outcome = apply_many(settings, [request])[request.event_id]
+        assert isinstance(outcome, dict | OverRefund), outcome
+    for payment_id in payment_ids:
+        payment = Payment.objects.get(id=payment_id)
+        recorded = [r.eventId for r in payment.refunds]
+        assert len(recorded) == len(set(recorded)) == 10, recorded  # never more than was paid
+        assert payment.refundedAmount == Decimal("0.10")
+        assert all(r.credited and r.published for r in payment.refunds)
+        card = Card.objects.get(id=payment.creditCardId)
+        assert (card.money, card.inflight) == (Decimal("0.10"), [])
+        assert sorted(
+            e.id.removeprefix("credit:") for e in LedgerEntry.objects(paymentId=payment_id)
+        ) == sorted(recorded)
+    assert len(outcomes) == len(batches)  # every batch ended

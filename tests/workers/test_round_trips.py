@@ -13,18 +13,20 @@ that adds a round trip fails here, and says which.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from pymongo import monitoring
 
 from shared import db
-from shared.models import Job
-from shared.services import outbox
+from shared.models import Card, Job, LedgerEntry, Payment, RefundEvent
+from shared.services import inbox, outbox
 from shared.settings import Settings
-from tests.helpers import Client, token_for
+from tests.helpers import Client, charged_payments, token_for
 from web import create_app
 
 #: Upper bounds of round trips; the counts before issue 10's cuts are in the README.
@@ -154,3 +156,84 @@ def _number() -> str:
     from tests.helpers import luhn_number
 
     return luhn_number()
+
+
+#: Upper bounds of round trips of ``refunds.apply_batch``: one event alone, and
+#: per event in a batch of ``BATCH`` events over ``PAYMENTS`` payments (a card each).
+MAX_REFUND_BATCH_OF_ONE = 9
+MAX_REFUND_PER_EVENT_IN_A_BATCH = 0.25  # 9 for the 40: the count does not grow with the events
+BATCH, PAYMENTS = 40, 10
+
+
+def _handed_batch(settings: Settings, payment_ids: list[str], count: int) -> list[dict[str, Any]]:
+    """``count`` one-unit product refunds over the payments, in the inbox as the bridge leaves them."""
+    topic = settings.topic(settings.topic_product_refunded)
+    handed = []
+    for i in range(count):
+        event_id = f"{topic}:{uuid.uuid4()}:0:{i}"
+        kwargs = {
+            "event_id": event_id,
+            "payment_id": payment_ids[i % len(payment_ids)],
+            "product_id": "u",
+            "price": "0.01",
+            "raw": "{}",
+        }
+        handed.append(inbox.Handed(event_id, "refunds.refund_product", kwargs))
+    sender = CapturingKwargsSender()
+    inbox.hand_over_batch(sender, "refunds.apply_batch", handed)
+    events: list[dict[str, Any]] = sender.sent.pop()["events"]
+    return events
+
+
+class CapturingKwargsSender:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send_task(self, _name: str, kwargs: Any = None, **_options: Any) -> None:
+        self.sent.append(dict(kwargs or {}))
+
+
+def test_refund_events_ask_the_database_a_bounded_number_of_times_alone_and_in_a_batch(
+    settings: Settings,
+    payment_celery: Any,
+    commands: Commands,
+    topics: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import workers.tasks.refunds  # noqa: F401 - registers the task run below
+
+    apply_batch = payment_celery.tasks["refunds.apply_batch"]
+    payment_ids = charged_payments(PAYMENTS)
+    warm = _handed_batch(settings, payment_ids[:1], 1)  # indexes, connections, the producer
+    assert apply_batch.apply(kwargs={"events": warm}).successful()
+
+    one = _handed_batch(settings, payment_ids[1:2], 1)
+    with commands.count() as alone:
+        result = apply_batch.apply(kwargs={"events": one})
+    assert result.successful(), result.traceback
+    batch = _handed_batch(settings, payment_ids, BATCH)
+    with commands.count() as many:
+        result = apply_batch.apply(kwargs={"events": batch})
+    assert result.successful(), result.traceback
+
+    ids = [e["kwargs"]["event_id"] for e in [*one, *batch]]
+    assert {e.status for e in RefundEvent.objects(id__in=ids)} == {"applied"}
+    assert LedgerEntry.objects(id__in=[f"credit:{i}" for i in ids]).count() == len(ids)
+    per_payment = BATCH // PAYMENTS
+    for i, payment_id in enumerate(payment_ids):
+        payment = Payment.objects.get(id=payment_id)
+        units = per_payment + (i == 0) + (i == 1)  # the warm-up's event, the one alone
+        assert len(payment.refunds) == units
+        assert all(r.credited and r.published for r in payment.refunds)
+        assert payment.refundedAmount == Decimal(units) / 100
+        card = Card.objects.get(id=payment.creditCardId)
+        assert (card.money, card.inflight) == (Decimal(units) / 100, [])
+
+    with capsys.disabled():
+        print(f"\nround trips: refunds.apply_batch of 1 event {len(alone)} {alone}")
+        print(
+            f"round trips: refunds.apply_batch of {BATCH} events {len(many)},"
+            f" {len(many) / BATCH:.2f} per event"
+        )
+    assert len(alone) <= MAX_REFUND_BATCH_OF_ONE, alone
+    assert len(many) / BATCH <= MAX_REFUND_PER_EVENT_IN_A_BATCH, many

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -199,15 +200,21 @@ class RefundBridge:
             "hand refund events over",
             lambda: inbox.hand_over_batch(self.celery, APPLY_BATCH_TASK, events_),
         )
+        # One line for the batch, naming its events in order (a line per
+        # event cost more CPU, in the log formatter's card-number scrub, than
+        # handing the event over).
         log.info(
-            "refund batch handed over", extra={"fields": {"events": len(events_), "task": APPLY_BATCH_TASK}}
+            "refund batch handed over",
+            extra={
+                "fields": {
+                    "events": len(events_),
+                    "task": APPLY_BATCH_TASK,
+                    "event_ids": [event.event_id for event in events_],
+                }
+            },
         )
-        for topic, event in handed:
-            metrics.HANDED_OVER.labels(topic, "handed_over").inc()
-            log.info(
-                "refund event handed over",
-                extra={"fields": {"event_id": event.event_id, "task": event.task}},
-            )
+        for topic, count in Counter(topic for topic, _event in handed).items():
+            metrics.HANDED_OVER.labels(topic, "handed_over").inc(count)
 
     # -- the loop ----------------------------------------------------------
 

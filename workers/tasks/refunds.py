@@ -17,6 +17,7 @@ from typing import Any
 
 from celery import shared_task
 
+from shared.money import money
 from shared.services import refunds
 from shared.settings import Settings
 from workers.app import EventWork, PaymentTask
@@ -67,8 +68,40 @@ def product_work(
     )
 
 
-#: Per-event task name -> its work; a batch's events name one of these.
-WORK: dict[str, Callable[..., EventWork]] = {REFUND_ORDER: order_work, REFUND_PRODUCT: product_work}
+def order_request(
+    *, event_id: str, payment_id: str, total_price: str | None = None, raw: str | None = None
+) -> refunds.RefundRequest:
+    """A whole-order refund event of a batch (its per-event task's kwargs)."""
+    del total_price, raw
+    return refunds.RefundRequest(event_id, payment_id)
+
+
+def product_request(
+    *, event_id: str, payment_id: str, product_id: str, price: str, raw: str | None = None
+) -> refunds.RefundRequest:
+    """A product refund event of a batch (its per-event task's kwargs)."""
+    del raw
+    return refunds.RefundRequest(event_id, payment_id, product_id, money(Decimal(price)))
+
+
+#: Per-event task name -> its request; a batch's events name one of these.
+REQUESTS: dict[str, Callable[..., refunds.RefundRequest]] = {
+    REFUND_ORDER: order_request,
+    REFUND_PRODUCT: product_request,
+}
+
+
+def apply_events(settings: Settings, batch: list[dict[str, Any]]) -> dict[str, refunds.Outcome]:
+    """Apply a batch's per-event messages together; what became of each, by event id."""
+    outcomes: dict[str, refunds.Outcome] = {}
+    requests = []
+    for event in batch:
+        try:
+            requests.append(REQUESTS[event["task"]](**event["kwargs"]))
+        except Exception as exc:  # noqa: BLE001 - it goes on as its own task, which says why
+            outcomes[event["kwargs"]["event_id"]] = exc
+    outcomes.update(refunds.apply_many(settings, requests))
+    return outcomes
 
 
 @shared_task(
@@ -117,4 +150,4 @@ def refund_product(
 )
 def apply_batch(self: PaymentTask, *, events: list[dict[str, Any]]) -> None:
     """Apply a batch of events in order, each once (see PaymentTask.run_batch)."""
-    self.run_batch(events, WORK)
+    self.run_batch(events, lambda chunk: apply_events(self.settings, chunk))

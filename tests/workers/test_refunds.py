@@ -38,10 +38,17 @@ def bridge(topics: list[str], payment_worker: Any) -> Iterator[subprocess.Popen[
 
 @pytest.fixture
 def paid(client: Client, seed_checkout: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-    """A charged payment of ``client`` (the card starts with 100.00)."""
+    """A charged payment of ``client`` (the card starts with 100.00), its payment-accepted event sent.
+
+    The worker's outbox thread sends that event after the task has answered;
+    waiting for its flag keeps that write out of a test's before and after.
+    """
 
     def pay(products: list[dict[str, Any]] = PRODUCTS, total: str = "69.97") -> dict[str, Any]:
         _card, payment = helpers.paid(client, seed_checkout, total=total, products=products)
+        wait_until(
+            lambda: stored(payment).acceptedEventPublished, timeout=30, message="payment-accepted sent"
+        )
         return payment
 
     return pay

@@ -136,6 +136,10 @@ def submit(
 
 #: Inserts tried with a free slot read just before, when other submissions of the user keep taking it.
 MAX_SLOT_ATTEMPTS = 5
+#: With a cap this large, a taken slot is most likely one of few: other random slots are tried
+#: before the held ones are read (a read that lists every slot of the cap).
+MANY_SLOTS = 64
+RANDOM_RETRIES = 3
 
 
 def _insert_holding_a_slot(job: Job, open_limit: int | None) -> None:
@@ -143,16 +147,16 @@ def _insert_holding_a_slot(job: Job, open_limit: int | None) -> None:
 
     A slot is the job's ``openSlot`` (unique index), released by the update
     that ends the job.  The first insert tries a random slot (a user seldom
-    holds many); if that one is held, one read by the index finds the held
-    ones and the insert tries a free one.  Nothing is stored for a refused
-    job, and the unique index never admits one job more than the cap,
-    however many submissions race.
+    holds many; with a large cap, a few other random ones follow); if those
+    are held, one read by the index finds the held ones and the insert tries
+    a free one.  Nothing is stored for a refused job, and the unique index
+    never admits one job more than the cap, however many submissions race.
     """
     if open_limit is None:
         job.save(force_insert=True)
         return
     slot = random.randrange(open_limit)  # noqa: S311 - spreads the first tries, not a secret
-    for _ in range(MAX_SLOT_ATTEMPTS):
+    for attempt in range(MAX_SLOT_ATTEMPTS + RANDOM_RETRIES):
         job.openSlot = open_slot(job.ownerId, slot)
         try:
             job.save(force_insert=True)
@@ -160,6 +164,9 @@ def _insert_holding_a_slot(job: Job, open_limit: int | None) -> None:
         except NotUniqueError as exc:
             if "openSlot" not in str(exc):
                 raise
+        if open_limit >= MANY_SLOTS and attempt < RANDOM_RETRIES:
+            slot = random.randrange(open_limit)  # noqa: S311 - most slots of a large cap are free
+            continue
         free = _free_slots(job.ownerId, open_limit)
         if not free:
             raise TooManyOpenJobs(
@@ -174,18 +181,20 @@ def _insert_holding_a_slot(job: Job, open_limit: int | None) -> None:
 def _free_slots(owner: str, open_limit: int) -> list[int]:
     """The slots of ``owner`` no open job holds; a slot left on an ended job is released here.
 
-    By the unique ``openSlot`` alone.  Every path that ends a job releases
-    its slot in the same update (:func:`move`); one ended otherwise (by hand,
-    or by an older version) is released by this read's owner.  An ended job
-    never takes a slot again, so its slot is released without a race.
+    By the unique ``openSlot`` alone, reading only the slot and the status.
+    Every path that ends a job releases its slot in the same update
+    (:func:`move`); one ended otherwise (by hand, or by an older version) is
+    released here.  An ended job never takes a slot again, so its slot is
+    released without a race.
     """
     slots = [open_slot(owner, k) for k in range(open_limit)]
     held = set()
-    for job in Job.objects(openSlot__in=slots).only("openSlot", "status"):
-        if job.ended:
-            Job.objects(openSlot=job.openSlot).update_one(unset__openSlot=True)
+    found = Job._get_collection().find({"openSlot": {"$in": slots}}, {"openSlot": 1, "status": 1})
+    for job in found:
+        if job.get("status") in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            Job.objects(openSlot=job["openSlot"]).update_one(unset__openSlot=True)
         else:
-            held.add(job.openSlot)
+            held.add(job["openSlot"])
     return [k for k, slot in enumerate(slots) if slot not in held]
 
 

@@ -287,8 +287,11 @@ def _submit_capped(owner: str, cap: int) -> Job:
     return job
 
 
-def test_a_job_gives_back_its_open_slot_in_the_update_that_ends_it(mongo: Database[dict[str, Any]]) -> None:
+def test_a_job_gives_back_its_open_slot_in_the_update_that_ends_it(
+    settings: Settings, mongo: Database[dict[str, Any]]
+) -> None:
     """The cap is a unique slot per open job, never a count of the user's jobs; ending a job frees one."""
+    db.connect(settings)
     owner = str(ObjectId())
     held = [_submit_capped(owner, 2) for _ in range(2)]
     slots = {(mongo.jobs.find_one({"_id": j.id}) or {}).get("openSlot") for j in held}
@@ -310,6 +313,19 @@ def test_a_job_gives_back_its_open_slot_in_the_update_that_ends_it(mongo: Databa
     assert len({j.openSlot for j in again}) == 2
     with pytest.raises(TooManyOpenJobs):
         _submit_capped(owner, 2)
+
+
+def test_a_large_cap_admits_exactly_as_many_open_jobs_as_it_says(
+    settings: Settings, mongo: Database[dict[str, Any]]
+) -> None:
+    """With a cap of many slots, random tries fill it to the last slot, and the next job is refused."""
+    db.connect(settings)
+    owner, cap = str(ObjectId()), jobs.MANY_SLOTS
+    held = [_submit_capped(owner, cap) for _ in range(cap)]
+    assert len({j.openSlot for j in held}) == cap
+    with pytest.raises(TooManyOpenJobs):
+        _submit_capped(owner, cap)
+    assert mongo.jobs.count_documents({"ownerId": owner}) == cap
 
 
 # -- ended jobs expire; money movements stay ---------------------------------------

@@ -216,6 +216,11 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
         action="store_true",
         help="only the refund part: its round trips, bursts, steady run and goals (with --quick: smaller)",
     )
+    parser.add_argument(
+        "--charges-only",
+        action="store_true",
+        help="only the charges of section 2, the plain Celery worker and the charge goals of section 3",
+    )
     args = parser.parse_args()
     size = QUICK if args.quick else FULL
     from bench.charge_latency import Charger, ping_latency, ping_rate, steps, steps_table
@@ -238,6 +243,10 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
         if args.refunds_only:
             refunds_only(stack, size)
             return 0
+        if args.charges_only:
+            say("\n== 2. charges only: 2 worker nodes (1 pool process each) ==")
+            stack.workers(2)
+            return charges_only(stack, size)
         say("\n== 1. round trips and steps, in this process ==")
         say(roundtrips.report(roundtrips.measure(stack, size.inprocess)))
 
@@ -372,6 +381,65 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
         stack.close()
     say(f"\nbench took {time.monotonic() - begun:.0f} s; load average {os.getloadavg()[0]:.1f}")
     say(f"POSTs answered 503 (database too slow) and sent again by the clients: {charger.retried}")
+    return 0
+
+
+def charges_only(stack: Any, size: Sizes) -> int:
+    """The charge figures of sections 2 and 3 alone (``--charges-only``), as the whole run takes them."""
+    from bench.charge_latency import Charger, ping_latency, ping_rate, steps, steps_table
+
+    charger = Charger(stack)
+    ping_latency(stack, 20)  # warm-up: connections, pools, indexes
+    charger.run(16, 8)
+    load = os.getloadavg()[0]
+    alone, _ = charger.run(size.alone, 1)
+    say(f"charge, one client: {summary([c.latency for c in alone])}")
+    noop = ping_rate(stack, size.noop)
+    say(f"no-op system.ping, {size.noop} at once: {noop:.1f} tasks/s")
+    cpu0, srv0 = service_cpu(stack), server_cpu()
+    loaded, wall = charger.run(size.loaded, 8)
+    cpu1, srv1 = service_cpu(stack), server_cpu()
+    charge_rate = len(loaded) / wall
+    say(f"charge, 8 clients: {summary([c.latency for c in loaded])}, {charge_rate:.1f} charges/s")
+    say(f"  CPU ms per charge: {cpu_per_charge(cpu0, cpu1, len(loaded))}")
+    say(f"  servers' CPU ms per charge (shared, noisy): {cpu_per_charge(srv0, srv1, len(loaded))}")
+    say("\ncharge steps, one client (ms):")
+    say(steps_table(steps(alone)))
+    say("\ncharge steps, 8 clients (ms):")
+    say(steps_table(steps(loaded)))
+    plain = plain_rate(stack, size.noop)
+    say(f"\nplain Celery (2 prefork processes) no-op, {size.noop} at once: {plain:.1f} tasks/s")
+    alone_median = statistics.median(c.latency for c in alone)
+    loaded_p99 = percentile([c.latency for c in loaded], 0.99)
+    say("\n== 3. charge goals of issue 10 (ratios within this run; reported, not asserted) ==")
+    for goal in (
+        Goal(
+            "charges/s with 8 clients / no-op tasks/s of the same workers",
+            charge_rate,
+            noop,
+            0.4,
+            True,
+            f"{charge_rate:.1f} / {noop:.1f}",
+        ),
+        Goal(
+            "charges/s / plain 2-process Celery no-op tasks/s",
+            charge_rate,
+            plain,
+            0.25,
+            True,
+            f"{charge_rate:.1f} / {plain:.1f}",
+        ),
+        Goal(
+            "charge p99 with 8 clients / median of one client alone",
+            loaded_p99,
+            alone_median,
+            3.0,
+            False,
+            f"{loaded_p99 * 1000:.1f} ms / {alone_median * 1000:.1f} ms",
+        ),
+    ):
+        say(goal.line())
+    say(f"load average: {load:.1f} at the start of the charges, {os.getloadavg()[0]:.1f} at the end")
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app, g, request
 from flask_jwt_extended import JWTManager, get_jwt, get_jwt_request_location, verify_jwt_in_request
 from flask_jwt_extended.exceptions import JWTExtendedException
 from jwt.exceptions import PyJWTError
@@ -71,9 +71,25 @@ def _principal_from_claims(claims: dict[str, Any]) -> Principal:
     return principal
 
 
+def verify_token(*, optional: bool = False) -> bool:
+    """Verify this request's token, once per request; True if a valid one was found.
+
+    The rate limiter verifies first (web.limits, ``optional``), the view's
+    :func:`authenticate` after it: a token found valid then is not decoded
+    and checked a second time (the largest part of a request's CPU after
+    the limiter).  Without a valid token nothing is kept, and the next call
+    verifies again (and raises).
+    """
+    if g.get("token_verified"):
+        return True
+    found = verify_jwt_in_request(optional=optional) is not None
+    g.token_verified = found
+    return found
+
+
 def authenticate() -> Principal:
     """The caller of this request; 401 without a valid token, 403 for a cookie POST that is not JSON."""
-    verify_jwt_in_request()
+    verify_token()
     principal = _principal_from_claims(get_jwt())
     if (
         request.method == "POST"

@@ -23,12 +23,12 @@ must never share a per-address budget with anything else.
 from __future__ import annotations
 
 from flask import Flask, current_app, g, request
-from flask_jwt_extended import get_jwt, verify_jwt_in_request
+from flask_jwt_extended import get_jwt
 from flask_limiter import Limiter
 
 from shared.settings import Settings
 from web import api
-from web.auth import from_trusted_network
+from web.auth import from_trusted_network, verify_token
 
 #: Methods of the API that change something (each becomes a job).
 WRITE_METHODS = ["POST", "DELETE", "PUT", "PATCH"]
@@ -46,7 +46,7 @@ def _caller() -> str:
     if "rate_limit_caller" in g:
         return str(g.rate_limit_caller)
     try:
-        verify_jwt_in_request(optional=True)
+        verify_token(optional=True)
         claims = get_jwt()
     except Exception:  # noqa: BLE001 - any bad token: authenticate() answers 401 in the view
         claims = {}

@@ -29,8 +29,9 @@ class Job(TimestampedDocument):
         "collection": "jobs",
         "indexes": [
             {"fields": ["ownerId", "createdAt"]},
-            # The open-job cap counts a user's queued and running jobs.
-            {"fields": ["ownerId", "status"]},
+            # An open job holds one of its owner's slots (the open-job cap);
+            # sparse: an ended job, or one stored before slots, holds none.
+            {"fields": ["openSlot"], "unique": True, "sparse": True},
             # The stale-job sweep reads the oldest open jobs first.
             {"fields": ["status", "updatedAt"]},
             # Each document's own expiresAt is its expiry time.
@@ -61,6 +62,12 @@ class Job(TimestampedDocument):
     #: MongoDB-protocol server uses an index only for a filter on exactly its
     #: fields; ``{_id, status}`` would scan every job.)
     statusKey = StringField()
+    #: ``open_slot(ownerId, k)``, k < OPEN_JOBS_PER_USER, while the job is
+    #: queued or running; unset in the same update that ends it.  A user
+    #: with every slot held has as many open jobs as the cap allows: the cap
+    #: is a unique key, not a count of the user's jobs (which the local
+    #: MongoDB-protocol server would answer by scanning every job).
+    openSlot = StringField()
 
     @property
     def ended(self) -> bool:
@@ -69,6 +76,10 @@ class Job(TimestampedDocument):
 
 def status_key(job_id: object, status: str) -> str:
     return f"{job_id}:{status}"
+
+
+def open_slot(owner: str, slot: int) -> str:
+    return f"{owner}:{slot}"
 
 
 def update_by_status(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -71,15 +72,37 @@ def _session() -> requests.Session:
                 adapter = HTTPAdapter(pool_connections=2, pool_maxsize=POOL_SIZE, max_retries=0)
                 session.mount("http://", adapter)
                 session.mount("https://", adapter)
+                # The environment (proxies, CA bundle) is read once per service
+                # address (_environment), not by requests on every call.
+                session.trust_env = False
                 _sessions[pid] = session
     return session
 
 
+@functools.lru_cache(maxsize=8)
+def _environment(base_url: str) -> tuple[dict[str, str], bool | str]:
+    """The proxies and the TLS verification the environment gives calls to ``base_url``.
+
+    What requests itself would work out from the environment on each call
+    (HTTP(S)_PROXY and NO_PROXY for this host, REQUESTS_CA_BUNDLE or
+    CURL_CA_BUNDLE), which costs a walk through every environment variable,
+    twice, per call: the largest part of a call's CPU on a loopback service.
+    """
+    with requests.Session() as probe:
+        found = probe.merge_environment_settings(base_url, {}, None, None, None)
+    verify = found["verify"]
+    return dict(found["proxies"]), True if verify is None else verify
+
+
 def fetch_checkout(settings: Settings, checkout_id: str) -> Checkout:
     """GET the checkout; 404 is final, connection errors and 5xx are retryable."""
-    url = f"{str(settings.checkout_service_url).rstrip('/')}/api/checkouts/getCheckout/{checkout_id}"
+    base = str(settings.checkout_service_url).rstrip("/")
+    url = f"{base}/api/checkouts/getCheckout/{checkout_id}"
+    proxies, verify = _environment(base)
     try:
-        response = _session().get(url, timeout=settings.checkout_timeout_seconds)
+        response = _session().get(
+            url, timeout=settings.checkout_timeout_seconds, proxies=proxies, verify=verify
+        )
     except requests.RequestException as exc:
         raise CheckoutUnavailable(f"The checkout service did not answer: {type(exc).__name__}") from exc
     if response.status_code == 404:

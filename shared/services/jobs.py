@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+import random
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -27,7 +28,7 @@ from shared.errors import (
     TooManyOpenJobs,
 )
 from shared.logs import log_context
-from shared.models import IdempotencyRecord, Job, JobStatus, status_key, update_by_status
+from shared.models import IdempotencyRecord, Job, JobStatus, open_slot, status_key, update_by_status
 from shared.models.base import utcnow
 from shared.principal import Principal
 from shared.services.views import Deleted, JobResult, to_bson
@@ -110,8 +111,7 @@ def submit(
                 raise
         # The job first, then the key: whoever loses the race on the key
         # finds the winner's job already stored.
-        job.save(force_insert=True)
-        _within_open_limit(job, open_limit)
+        _insert_holding_a_slot(job, open_limit)
         record = IdempotencyRecord(id=record_id, requestHash=req_hash, jobId=str(job.id))
         try:
             record.save(force_insert=True)
@@ -121,8 +121,7 @@ def submit(
     else:
         if precheck is not None:
             precheck()
-        job.save(force_insert=True)
-        _within_open_limit(job, open_limit)
+        _insert_holding_a_slot(job, open_limit)
     try:
         sender.send_task(TASKS[job_type], args=[str(job.id)])
     except Exception as exc:
@@ -135,22 +134,68 @@ def submit(
     return job, True
 
 
-def _within_open_limit(job: Job, open_limit: int | None) -> None:
-    """Undo and refuse the stored ``job`` if its owner now has more than ``open_limit`` open jobs.
+#: Inserts tried with a free slot read just before, when other submissions of the user keep taking it.
+MAX_SLOT_ATTEMPTS = 5
+#: With a cap this large, a taken slot is most likely one of few: other random slots are tried
+#: before the held ones are read (a read that lists every slot of the cap).
+MANY_SLOTS = 64
+RANDOM_RETRIES = 3
 
-    Counted after the insert, so that concurrent submissions each see the
-    others: the cap can refuse one too many in a race, never admit one.
+
+def _insert_holding_a_slot(job: Job, open_limit: int | None) -> None:
+    """Insert ``job`` holding one of its owner's ``open_limit`` slots; refuse it if every slot is held.
+
+    A slot is the job's ``openSlot`` (unique index), released by the update
+    that ends the job.  The first insert tries a random slot (a user seldom
+    holds many; with a large cap, a few other random ones follow); if those
+    are held, one read by the index finds the held ones and the insert tries
+    a free one.  Nothing is stored for a refused job, and the unique index
+    never admits one job more than the cap, however many submissions race.
     """
     if open_limit is None:
+        job.save(force_insert=True)
         return
-    open_jobs = Job.objects(ownerId=job.ownerId, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).count()
-    if open_jobs > open_limit:
-        job.delete()
-        raise TooManyOpenJobs(
-            f"At most {open_limit} jobs of a user may be queued or running; wait for one to end.",
-            extra={"openJobLimit": open_limit},
-            retry_after=1,
-        )
+    slot = random.randrange(open_limit)  # noqa: S311 - spreads the first tries, not a secret
+    for attempt in range(MAX_SLOT_ATTEMPTS + RANDOM_RETRIES):
+        job.openSlot = open_slot(job.ownerId, slot)
+        try:
+            job.save(force_insert=True)
+            return
+        except NotUniqueError as exc:
+            if "openSlot" not in str(exc):
+                raise
+        if open_limit >= MANY_SLOTS and attempt < RANDOM_RETRIES:
+            slot = random.randrange(open_limit)  # noqa: S311 - most slots of a large cap are free
+            continue
+        free = _free_slots(job.ownerId, open_limit)
+        if not free:
+            raise TooManyOpenJobs(
+                f"At most {open_limit} jobs of a user may be queued or running; wait for one to end.",
+                extra={"openJobLimit": open_limit},
+                retry_after=1,
+            )
+        slot = random.choice(free)  # noqa: S311
+    raise ServiceUnavailable("Other requests of this user kept taking the free job slots; retry.")
+
+
+def _free_slots(owner: str, open_limit: int) -> list[int]:
+    """The slots of ``owner`` no open job holds; a slot left on an ended job is released here.
+
+    By the unique ``openSlot`` alone, reading only the slot and the status.
+    Every path that ends a job releases its slot in the same update
+    (:func:`move`); one ended otherwise (by hand, or by an older version) is
+    released here.  An ended job never takes a slot again, so its slot is
+    released without a race.
+    """
+    slots = [open_slot(owner, k) for k in range(open_limit)]
+    held = set()
+    found = Job._get_collection().find({"openSlot": {"$in": slots}}, {"openSlot": 1, "status": 1})
+    for job in found:
+        if job.get("status") in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            Job.objects(openSlot=job["openSlot"]).update_one(unset__openSlot=True)
+        else:
+            held.add(job["openSlot"])
+    return [k for k, slot in enumerate(slots) if slot not in held]
 
 
 def _replay(record: IdempotencyRecord, req_hash: str) -> Job:
@@ -205,8 +250,11 @@ def move(job_id: object, from_statuses: list[JobStatus], to: JobStatus, **change
 
     By the job's ``statusKey`` alone (:func:`shared.models.update_by_status`);
     a job stored before that key existed gets it here (such jobs end or expire).
+    A job that ends releases its open-job slot in the same update.
     """
     changes = {"set__status": to, "set__statusKey": status_key(job_id, to), **changes}
+    if to in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        changes["unset__openSlot"] = True
     return update_by_status(Job, job_id, list(from_statuses), **changes)
 
 

@@ -11,8 +11,8 @@ process with every command recorded; each filter on ``payments``,
 ``ledger``, ``jobs`` and ``refund_events`` must be found by an index.
 Reads of ``cards`` go by ``_id`` too.  (The card's own conditional updates
 filter on several fields: ``cards`` grows with the number of cards, not
-with a card's history.  The open-job cap counts a user's jobs on submit,
-outside what is recorded here.)
+with a card's history.)  The open-job cap on submit finds a user's open
+jobs by their slots (``openSlot``), one unique index too.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pymongo import monitoring
 
 from devstack.tokens import make_token
 from shared import db
+from shared.errors import TooManyOpenJobs
 from shared.models import Card, Job, Payment, PaymentState, PaymentToken, RefundEvent
 from shared.services import inbox, jobs, payments, refunds
 from shared.settings import Settings
@@ -161,6 +162,34 @@ def test_charge_refund_and_reads_filter_what_grows_with_history_by_one_unique_in
     assert {c for c, _, _ in seen} == set(WATCHED), recorder.filters
     indexed = {c: unique_key_sets(c) for c in WATCHED}
     scans = [(c, name, sorted(f)) for c, name, f in seen if frozenset(f) not in indexed[c]]
+    assert scans == [], f"filters no unique index serves: {scans}; indexes: {indexed}"
+
+
+def test_the_open_job_cap_finds_a_users_open_jobs_by_one_unique_index(recorder: Recorder) -> None:
+    """Submitting up to the cap and past it reads the user's slots by ``openSlot``, never counts jobs."""
+    user = str(ObjectId())
+
+    def submit() -> None:
+        jobs.submit(
+            DyingWebProcess(),
+            job_type="payment.pay",
+            owner=user,
+            params={"checkoutId": str(ObjectId()), "cardId": str(ObjectId())},
+            resource_id=None,
+            req_hash=uuid.uuid4().hex,
+            idempotency_key=None,
+            open_limit=3,
+        )
+
+    recorder.filters.clear()
+    for _ in range(3):
+        submit()
+    with pytest.raises(TooManyOpenJobs):
+        submit()
+    on_jobs = [(name, f) for c, name, f in recorder.filters if c == "jobs"]
+    assert any(name == "find" for name, _ in on_jobs), recorder.filters  # the held slots were read
+    indexed = unique_key_sets("jobs")
+    scans = [(name, sorted(f)) for name, f in on_jobs if frozenset(f) not in indexed]
     assert scans == [], f"filters no unique index serves: {scans}; indexes: {indexed}"
 
 

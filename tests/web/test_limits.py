@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -28,10 +29,11 @@ from bson import ObjectId
 from pymongo.database import Database
 
 from shared import db
-from shared.errors import ServiceUnavailable
+from shared.errors import ServiceUnavailable, TooManyOpenJobs
 from shared.models import Job, Payment, PaymentState
 from shared.models.base import utcnow
 from shared.services import jobs, payments
+from shared.services.views import Deleted
 from shared.settings import ConfigurationError, Settings, load_settings
 from tests.environment import ROOT, RUN_ID, TEST_ENV, make_settings
 from tests.helpers import API, Client
@@ -258,6 +260,72 @@ def test_concurrent_writes_never_open_more_jobs_than_the_cap(
     assert set(statuses) <= {202, 429}
     assert 1 <= statuses.count(202) <= 4
     assert mongo.jobs.count_documents({"ownerId": client.user_id}) == statuses.count(202)
+
+
+class KeptBack:
+    """A task sender that keeps the tasks: no worker runs them."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any]] = []
+
+    def send_task(self, name: str, args: Any = (), **_options: Any) -> None:
+        self.sent.append((name, args))
+
+
+def _submit_capped(owner: str, cap: int) -> Job:
+    job, new = jobs.submit(
+        KeptBack(),
+        job_type="payment.pay",
+        owner=owner,
+        params={"checkoutId": str(ObjectId()), "cardId": str(ObjectId())},
+        resource_id=None,
+        req_hash=uuid.uuid4().hex,
+        idempotency_key=None,
+        open_limit=cap,
+    )
+    assert new
+    return job
+
+
+def test_a_job_gives_back_its_open_slot_in_the_update_that_ends_it(
+    settings: Settings, mongo: Database[dict[str, Any]]
+) -> None:
+    """The cap is a unique slot per open job, never a count of the user's jobs; ending a job frees one."""
+    db.connect(settings)
+    owner = str(ObjectId())
+    held = [_submit_capped(owner, 2) for _ in range(2)]
+    slots = {(mongo.jobs.find_one({"_id": j.id}) or {}).get("openSlot") for j in held}
+    assert slots == {f"{owner}:0", f"{owner}:1"}
+    with pytest.raises(TooManyOpenJobs):
+        _submit_capped(owner, 2)
+    assert mongo.jobs.count_documents({"ownerId": owner}) == 2
+    retention = timedelta(days=1)
+    assert jobs.start(str(held[0].id)) is not None
+    jobs.succeed(str(held[0].id), Deleted(deleted=str(ObjectId())), retention=retention)
+    assert jobs.start(str(held[1].id)) is not None
+    jobs.fail(str(held[1].id), ServiceUnavailable("away"), retention=retention)
+    for job in held:
+        ended = mongo.jobs.find_one({"_id": job.id})
+        assert ended is not None
+        assert ended["status"] in ("succeeded", "failed")
+        assert "openSlot" not in ended, ended  # released by the ending update itself
+    again = [_submit_capped(owner, 2) for _ in range(2)]
+    assert len({j.openSlot for j in again}) == 2
+    with pytest.raises(TooManyOpenJobs):
+        _submit_capped(owner, 2)
+
+
+def test_a_large_cap_admits_exactly_as_many_open_jobs_as_it_says(
+    settings: Settings, mongo: Database[dict[str, Any]]
+) -> None:
+    """With a cap of many slots, random tries fill it to the last slot, and the next job is refused."""
+    db.connect(settings)
+    owner, cap = str(ObjectId()), jobs.MANY_SLOTS
+    held = [_submit_capped(owner, cap) for _ in range(cap)]
+    assert len({j.openSlot for j in held}) == cap
+    with pytest.raises(TooManyOpenJobs):
+        _submit_capped(owner, cap)
+    assert mongo.jobs.count_documents({"ownerId": owner}) == cap
 
 
 # -- ended jobs expire; money movements stay ---------------------------------------

@@ -123,3 +123,31 @@ def test_an_unknown_path_is_a_404_problem(http: FlaskClient) -> None:
     response = http.get(f"{API}/no-such-route", headers=_auth())
     assert response.status_code == 404
     assert response.mimetype == "application/problem+json"
+
+
+def test_a_request_decodes_and_checks_its_token_once(
+    http: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rate limiter (which keys on the user) and the view share one verification of the token."""
+    from flask_jwt_extended import view_decorators
+
+    decoded: list[object] = []
+    decode = view_decorators._decode_jwt_from_request
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        decoded.append(args)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(view_decorators, "_decode_jwt_from_request", counted)
+    body = AddCardBodyFactory(cvv="12")
+    _problem(http.post(f"{API}/add", json=body, headers=_auth()), 422, "validation_error")
+    assert len(decoded) == 1
+    # Without a valid token, nothing is kept: the view verifies again, and refuses.
+    decoded.clear()
+    _problem(
+        http.post(f"{API}/add", json=body, headers={"Authorization": "Bearer not.a.token"}),
+        401,
+        "unauthorized",
+    )
+    _problem(http.post(f"{API}/add", json=body), 401, "unauthorized")
+    assert len(decoded) == 4

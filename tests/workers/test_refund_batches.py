@@ -27,7 +27,7 @@ from shared.models import Card, LedgerEntry, Payment, RefundEvent
 from shared.services import inbox
 from shared.services.refunds import RefundRequest, apply_many
 from shared.settings import Settings
-from tests.environment import stop_worker
+from tests.environment import make_settings, stop_worker
 from tests.helpers import Client, charged_payments
 from tests.support import wait_until
 from tests.workers.kafka_support import (
@@ -297,3 +297,60 @@ def test_concurrent_batches_over_the_same_payments_apply_each_event_once_and_nev
             e.id.removeprefix("credit:") for e in LedgerEntry.objects(paymentId=payment_id)
         ) == sorted(recorded)
     assert len(outcomes) == len(batches)  # every batch ended
+
+
+def _stalled_run(
+    settings: Settings, batch: list[RefundRequest], stalled: RefundRequest, monkeypatch: pytest.MonkeyPatch
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """Apply ``batch`` in a thread that stalls once ``stalled`` is recorded (before any credit of it).
+
+    Returns once the stall has begun (the event's refund is on its payment),
+    so the caller can write meanwhile; the stall is 5 s, far more than a
+    single write or refund of the caller takes.
+    """
+    from shared import failpoints
+
+    monkeypatch.setattr(failpoints, "STALL_SECONDS", 5)
+    stalling = make_settings(PAYMENT_FAILPOINTS=f"stall:refund.after_record@{stalled.event_id}")
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(apply_many(stalling, batch)))
+    thread.start()
+    wait_until(
+        lambda: any(
+            r.eventId == stalled.event_id for r in Payment.objects.get(id=stalled.payment_id).refunds
+        ),
+        timeout=10,
+        message="the stalled run recorded its event",
+    )
+    return thread, result
+
+
+def test_a_run_that_recorded_an_event_and_lost_the_card_race_to_a_finished_redelivery_credits_it_once(
+    settings: Settings, topics: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard on retry rounds: a credit is looked up in the ledger once the card is read again.
+
+    Run A records the event (fresh for A, whose cards were read before its
+    record) and stalls before its credit; meanwhile a redelivery of the event
+    (run B: the sweep, a second worker) finds it recorded and finishes it:
+    credit, ledger entry, settle (the card no longer names it).  A's credit
+    then misses (the card moved) and A reads the card again: only the ledger
+    says the credit is made.  A crash cannot reach this state (a redelivery
+    after a crash finds the event recorded, never fresh): it takes two runs
+    of one event at once.
+    """
+    db.connect(settings)
+    (payment_id,) = charged_payments(1, units=10)
+    topic = settings.topic(settings.topic_product_refunded)
+    event = RefundRequest(f"{topic}:{uuid.uuid4()}:0:0", payment_id, "u", Decimal("0.01"))
+    card_id = Payment.objects.get(id=payment_id).creditCardId
+    thread, first = _stalled_run(settings, [event], event, monkeypatch)
+    second = apply_many(settings, [event])[event.event_id]  # B: the whole event, during A's stall
+    assert isinstance(second, dict), second
+    assert Card.objects.get(id=card_id).money == Decimal("0.01")
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert isinstance(first[event.event_id], dict), first
+    card = Card.objects.get(id=card_id)
+    assert (card.money, card.inflight) == (Decimal("0.01"), [])
+    assert [e.id for e in LedgerEntry.objects(paymentId=payment_id)] == [f"credit:{event.event_id}"]

@@ -354,3 +354,51 @@ def test_a_run_that_recorded_an_event_and_lost_the_card_race_to_a_finished_redel
     card = Card.objects.get(id=card_id)
     assert (card.money, card.inflight) == (Decimal("0.01"), [])
     assert [e.id for e in LedgerEntry.objects(paymentId=payment_id)] == [f"credit:{event.event_id}"]
+
+
+def test_a_card_given_up_as_contended_keeps_the_names_of_credits_whose_ledger_entry_is_not_written(
+    settings: Settings, topics: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A card's credit given up (it kept changing) must not settle the names it saw but left unrecorded.
+
+    Event X was credited by a delivery that then died (its name on the card,
+    no ledger entry).  A batch of X and a new event Y sees X's name (to be
+    settled once X's entry is written) and tries to credit Y, but the card
+    keeps changing, so the card's events are given up as contended: X's
+    entry is not written, so its name must stay on the card, or the next
+    delivery finds neither the name nor the entry and credits X again.  The
+    card's attempts are cut to one so that one concurrent write exhausts them.
+    """
+    from shared.services import card_ops
+
+    db.connect(settings)
+    (payment_id,) = charged_payments(1, units=10)
+    topic = settings.topic(settings.topic_product_refunded)
+    x, y = (RefundRequest(f"{topic}:{uuid.uuid4()}:0:{i}", payment_id, "u", Decimal("0.01")) for i in (0, 1))
+    card_id = Payment.objects.get(id=payment_id).creditCardId
+    # X's first delivery credits the card and stops before its ledger entry.
+    dying = make_settings(PAYMENT_FAILPOINTS=f"fail:refund.after_card_credit@{x.event_id}")
+    assert not isinstance(apply_many(dying, [x])[x.event_id], dict)
+    assert Card.objects.get(id=card_id).inflight == [f"credit:{x.event_id}"]
+    assert not LedgerEntry.objects(id=f"credit:{x.event_id}").first()
+
+    monkeypatch.setattr(card_ops, "MAX_ATTEMPTS", 1)
+    thread, outcomes = _stalled_run(settings, [x, y], y, monkeypatch)
+    # Another operation on the card meanwhile (a charge, say): the batch's card read is stale.
+    card_ops.decide(card_ops.read(card_id), "debit:elsewhere")  # type: ignore[arg-type]
+    card_ops.settle(card_id, "debit:elsewhere")
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert not isinstance(outcomes[y.event_id], dict), outcomes  # given up: contended
+    card = Card.objects.get(id=card_id)
+    # The credit X made is still accounted for: its name on the card, or its entry in the ledger.
+    assert f"credit:{x.event_id}" in card.inflight or LedgerEntry.objects(id=f"credit:{x.event_id}").first()
+
+    monkeypatch.setattr(card_ops, "MAX_ATTEMPTS", 200)
+    for request in (x, y):  # the events' next deliveries
+        assert isinstance(apply_many(settings, [request])[request.event_id], dict)
+    card = Card.objects.get(id=card_id)
+    assert (card.money, card.inflight) == (Decimal("0.02"), [])
+    assert sorted(e.id for e in LedgerEntry.objects(paymentId=payment_id)) == sorted(
+        f"credit:{r.event_id}" for r in (x, y)
+    )

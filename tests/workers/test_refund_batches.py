@@ -138,18 +138,29 @@ def test_a_mixed_batch_with_a_bad_message_and_replayed_duplicates_applies_each_e
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill", ["pool process", "whole node"])
+@pytest.mark.parametrize(
+    ("kill", "step"),
+    [
+        ("pool process", "refund.after_record"),
+        ("whole node", "refund.after_record"),
+        # The card credited with all six in one update, no ledger entry written: the names on the card say so.
+        ("pool process", "refund.after_card_credit"),
+        # Credited, entries written, names pulled, nothing flagged: only the ledger says so.
+        ("pool process", "refund.after_credit"),
+    ],
+)
 def test_a_worker_killed_mid_batch_and_restarted_applies_every_event_exactly_once(
     kill: str,
+    step: str,
     settings: Settings,
     isolated: Settings,
     world_factory: Callable[..., Any],
     seed_checkout: Callable[..., dict[str, Any]],
 ) -> None:
-    # The batch records the six refunds of the payment in one write; event 3
-    # dies (or stalls, and its node is killed) right after: all six are
-    # recorded, none is credited, none settled.
-    point = "refund.after_record@:0:3"
+    # The batch records the six refunds of the payment in one write; at
+    # ``step`` event 3 dies (or stalls, and its node is killed): after the
+    # record step all six are recorded, none is credited, none settled.
+    point = f"{step}@:0:3"
     world = world_factory(failpoints=point if kill == "pool process" else f"stall:{point}")
     client = Client(world.api.url)
     card = client.add_card(money=100)

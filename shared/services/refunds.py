@@ -165,7 +165,8 @@ def _record_many(
     groups: dict[str, list[RefundRequest]] = {}
     for request in requests:
         if ObjectId.is_valid(request.payment_id):
-            groups.setdefault(request.payment_id, []).append(request)
+            # Keyed as the payments read are (lowercase): an id in capitals names the same payment.
+            groups.setdefault(str(ObjectId(request.payment_id)), []).append(request)
         else:
             outcomes[request.event_id] = RefundPaymentNotFound(f"No charged payment {request.payment_id}.")
     try:

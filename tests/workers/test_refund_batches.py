@@ -413,3 +413,23 @@ def test_a_card_given_up_as_contended_keeps_the_names_of_credits_whose_ledger_en
     assert sorted(e.id for e in LedgerEntry.objects(paymentId=payment_id)) == sorted(
         f"credit:{r.event_id}" for r in (x, y)
     )
+
+
+def test_a_refund_naming_its_payment_in_capitals_applies_as_it_did_before_batches(
+    settings: Settings, topics: list[str]
+) -> None:
+    """An id in either case names the same payment (an inbox entry written before the bridge lowercased ids).
+
+    Before batches, the refund found the payment by ``_id`` whatever the
+    case; a batch must not dead-letter it as an unknown payment (nor one
+    already recorded, which must be finished).
+    """
+    db.connect(settings)
+    (payment_id,) = charged_payments(1, units=10)
+    topic = settings.topic(settings.topic_product_refunded)
+    event = RefundRequest(f"{topic}:{uuid.uuid4()}:0:0", payment_id.upper(), "u", Decimal("0.01"))
+    outcome = apply_many(settings, [event])[event.event_id]
+    assert isinstance(outcome, dict), outcome
+    assert outcome["paymentId"] == payment_id
+    card = Card.objects.get(id=Payment.objects.get(id=payment_id).creditCardId)
+    assert (card.money, card.inflight) == (Decimal("0.01"), [])

@@ -165,7 +165,8 @@ def _record_many(
     groups: dict[str, list[RefundRequest]] = {}
     for request in requests:
         if ObjectId.is_valid(request.payment_id):
-            groups.setdefault(request.payment_id, []).append(request)
+            # Keyed as the payments read are (lowercase): an id in capitals names the same payment.
+            groups.setdefault(str(ObjectId(request.payment_id)), []).append(request)
         else:
             outcomes[request.event_id] = RefundPaymentNotFound(f"No charged payment {request.payment_id}.")
     try:
@@ -460,6 +461,13 @@ def _credit_many(
         for rec in done:
             outcomes.setdefault(rec.refund.eventId, exc)
         return []
+    # A name is pulled only once its ledger entry is written: an event given up
+    # on (its card contended, say) keeps the name its credit left, or its next
+    # delivery would find neither and credit it again.
+    written = {_credit_name(rec.refund.eventId) for rec in done}
+    to_settle = {
+        cid: kept for cid, names in to_settle.items() if (kept := [n for n in names if n in written])
+    }
     if to_settle:
         try:
             Card._get_collection().bulk_write(

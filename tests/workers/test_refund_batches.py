@@ -27,7 +27,7 @@ from shared.models import Card, LedgerEntry, Payment, RefundEvent
 from shared.services import inbox
 from shared.services.refunds import RefundRequest, apply_many
 from shared.settings import Settings
-from tests.environment import stop_worker
+from tests.environment import make_settings, stop_worker
 from tests.helpers import Client, charged_payments
 from tests.support import wait_until
 from tests.workers.kafka_support import (
@@ -138,18 +138,29 @@ def test_a_mixed_batch_with_a_bad_message_and_replayed_duplicates_applies_each_e
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill", ["pool process", "whole node"])
+@pytest.mark.parametrize(
+    ("kill", "step"),
+    [
+        ("pool process", "refund.after_record"),
+        ("whole node", "refund.after_record"),
+        # The card credited with all six in one update, no ledger entry written: the names on the card say so.
+        ("pool process", "refund.after_card_credit"),
+        # Credited, entries written, names pulled, nothing flagged: only the ledger says so.
+        ("pool process", "refund.after_credit"),
+    ],
+)
 def test_a_worker_killed_mid_batch_and_restarted_applies_every_event_exactly_once(
     kill: str,
+    step: str,
     settings: Settings,
     isolated: Settings,
     world_factory: Callable[..., Any],
     seed_checkout: Callable[..., dict[str, Any]],
 ) -> None:
-    # The batch records the six refunds of the payment in one write; event 3
-    # dies (or stalls, and its node is killed) right after: all six are
-    # recorded, none is credited, none settled.
-    point = "refund.after_record@:0:3"
+    # The batch records the six refunds of the payment in one write; at
+    # ``step`` event 3 dies (or stalls, and its node is killed): after the
+    # record step all six are recorded, none is credited, none settled.
+    point = f"{step}@:0:3"
     world = world_factory(failpoints=point if kill == "pool process" else f"stall:{point}")
     client = Client(world.api.url)
     card = client.add_card(money=100)
@@ -297,3 +308,128 @@ def test_concurrent_batches_over_the_same_payments_apply_each_event_once_and_nev
             e.id.removeprefix("credit:") for e in LedgerEntry.objects(paymentId=payment_id)
         ) == sorted(recorded)
     assert len(outcomes) == len(batches)  # every batch ended
+
+
+def _stalled_run(
+    settings: Settings, batch: list[RefundRequest], stalled: RefundRequest, monkeypatch: pytest.MonkeyPatch
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """Apply ``batch`` in a thread that stalls once ``stalled`` is recorded (before any credit of it).
+
+    Returns once the stall has begun (the event's refund is on its payment),
+    so the caller can write meanwhile; the stall is 5 s, far more than a
+    single write or refund of the caller takes.
+    """
+    from shared import failpoints
+
+    monkeypatch.setattr(failpoints, "STALL_SECONDS", 5)
+    stalling = make_settings(PAYMENT_FAILPOINTS=f"stall:refund.after_record@{stalled.event_id}")
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(apply_many(stalling, batch)))
+    thread.start()
+    wait_until(
+        lambda: any(
+            r.eventId == stalled.event_id for r in Payment.objects.get(id=stalled.payment_id).refunds
+        ),
+        timeout=10,
+        message="the stalled run recorded its event",
+    )
+    return thread, result
+
+
+def test_a_run_that_recorded_an_event_and_lost_the_card_race_to_a_finished_redelivery_credits_it_once(
+    settings: Settings, topics: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard on retry rounds: a credit is looked up in the ledger once the card is read again.
+
+    Run A records the event (fresh for A, whose cards were read before its
+    record) and stalls before its credit; meanwhile a redelivery of the event
+    (run B: the sweep, a second worker) finds it recorded and finishes it:
+    credit, ledger entry, settle (the card no longer names it).  A's credit
+    then misses (the card moved) and A reads the card again: only the ledger
+    says the credit is made.  A crash cannot reach this state (a redelivery
+    after a crash finds the event recorded, never fresh): it takes two runs
+    of one event at once.
+    """
+    db.connect(settings)
+    (payment_id,) = charged_payments(1, units=10)
+    topic = settings.topic(settings.topic_product_refunded)
+    event = RefundRequest(f"{topic}:{uuid.uuid4()}:0:0", payment_id, "u", Decimal("0.01"))
+    card_id = Payment.objects.get(id=payment_id).creditCardId
+    thread, first = _stalled_run(settings, [event], event, monkeypatch)
+    second = apply_many(settings, [event])[event.event_id]  # B: the whole event, during A's stall
+    assert isinstance(second, dict), second
+    assert Card.objects.get(id=card_id).money == Decimal("0.01")
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert isinstance(first[event.event_id], dict), first
+    card = Card.objects.get(id=card_id)
+    assert (card.money, card.inflight) == (Decimal("0.01"), [])
+    assert [e.id for e in LedgerEntry.objects(paymentId=payment_id)] == [f"credit:{event.event_id}"]
+
+
+def test_a_card_given_up_as_contended_keeps_the_names_of_credits_whose_ledger_entry_is_not_written(
+    settings: Settings, topics: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A card's credit given up (it kept changing) must not settle the names it saw but left unrecorded.
+
+    Event X was credited by a delivery that then died (its name on the card,
+    no ledger entry).  A batch of X and a new event Y sees X's name (to be
+    settled once X's entry is written) and tries to credit Y, but the card
+    keeps changing, so the card's events are given up as contended: X's
+    entry is not written, so its name must stay on the card, or the next
+    delivery finds neither the name nor the entry and credits X again.  The
+    card's attempts are cut to one so that one concurrent write exhausts them.
+    """
+    from shared.services import card_ops
+
+    db.connect(settings)
+    (payment_id,) = charged_payments(1, units=10)
+    topic = settings.topic(settings.topic_product_refunded)
+    x, y = (RefundRequest(f"{topic}:{uuid.uuid4()}:0:{i}", payment_id, "u", Decimal("0.01")) for i in (0, 1))
+    card_id = Payment.objects.get(id=payment_id).creditCardId
+    # X's first delivery credits the card and stops before its ledger entry.
+    dying = make_settings(PAYMENT_FAILPOINTS=f"fail:refund.after_card_credit@{x.event_id}")
+    assert not isinstance(apply_many(dying, [x])[x.event_id], dict)
+    assert Card.objects.get(id=card_id).inflight == [f"credit:{x.event_id}"]
+    assert not LedgerEntry.objects(id=f"credit:{x.event_id}").first()
+
+    monkeypatch.setattr(card_ops, "MAX_ATTEMPTS", 1)
+    thread, outcomes = _stalled_run(settings, [x, y], y, monkeypatch)
+    # Another operation on the card meanwhile (a charge, say): the batch's card read is stale.
+    card_ops.decide(card_ops.read(card_id), "debit:elsewhere")  # type: ignore[arg-type]
+    card_ops.settle(card_id, "debit:elsewhere")
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert not isinstance(outcomes[y.event_id], dict), outcomes  # given up: contended
+    card = Card.objects.get(id=card_id)
+    # The credit X made is still accounted for: its name on the card, or its entry in the ledger.
+    assert f"credit:{x.event_id}" in card.inflight or LedgerEntry.objects(id=f"credit:{x.event_id}").first()
+
+    monkeypatch.setattr(card_ops, "MAX_ATTEMPTS", 200)
+    for request in (x, y):  # the events' next deliveries
+        assert isinstance(apply_many(settings, [request])[request.event_id], dict)
+    card = Card.objects.get(id=card_id)
+    assert (card.money, card.inflight) == (Decimal("0.02"), [])
+    assert sorted(e.id for e in LedgerEntry.objects(paymentId=payment_id)) == sorted(
+        f"credit:{r.event_id}" for r in (x, y)
+    )
+
+
+def test_a_refund_naming_its_payment_in_capitals_applies_as_it_did_before_batches(
+    settings: Settings, topics: list[str]
+) -> None:
+    """An id in either case names the same payment (an inbox entry written before the bridge lowercased ids).
+
+    Before batches, the refund found the payment by ``_id`` whatever the
+    case; a batch must not dead-letter it as an unknown payment (nor one
+    already recorded, which must be finished).
+    """
+    db.connect(settings)
+    (payment_id,) = charged_payments(1, units=10)
+    topic = settings.topic(settings.topic_product_refunded)
+    event = RefundRequest(f"{topic}:{uuid.uuid4()}:0:0", payment_id.upper(), "u", Decimal("0.01"))
+    outcome = apply_many(settings, [event])[event.event_id]
+    assert isinstance(outcome, dict), outcome
+    assert outcome["paymentId"] == payment_id
+    card = Card.objects.get(id=Payment.objects.get(id=payment_id).creditCardId)
+    assert (card.money, card.inflight) == (Decimal("0.01"), [])

@@ -62,7 +62,8 @@ def test_a_whole_worker_node_killed_mid_charge_is_redelivered_to_another_node(
     stop_worker(world.worker, signal.SIGKILL)
     assert Job.objects.get(id=job_id).status == "running"
     world.worker = world.start_worker("fault-b")
-    # Redis hands the unacknowledged task out again after the visibility timeout (20 s in tests).
+    # Redis hands the unacknowledged task out again after the visibility timeout (20 s in tests),
+    # at the next sweep of a worker (every 2 s in this world).
     job = client.wait(response, timeout=120)
     assert job["status"] == "succeeded", job
     assert job["attempts"] == 2

@@ -362,7 +362,7 @@ def assert_each_applied_once(payment: dict[str, Any], count: int) -> None:
     assert LedgerEntry.objects(paymentId=payment["id"], kind="credit").count() == count
 
 
-@pytest.mark.slow(seconds=60)
+@pytest.mark.slow(seconds=40)
 def test_two_bridges_with_a_rebalance_mid_stream_apply_each_event_once(
     isolated: Settings, second_worker: Any, paid: Callable[..., dict[str, Any]], tmp_path: Path
 ) -> None:
@@ -408,7 +408,7 @@ def test_two_bridges_with_a_rebalance_mid_stream_apply_each_event_once(
     assert_each_applied_once(payment, sent)
 
 
-@pytest.mark.slow(seconds=45)
+@pytest.mark.slow(seconds=30)
 def test_a_bridge_killed_mid_stream_and_restarted_loses_no_event_and_applies_none_twice(
     isolated: Settings, payment_worker: Any, paid: Callable[..., dict[str, Any]]
 ) -> None:

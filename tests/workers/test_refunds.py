@@ -370,19 +370,25 @@ def test_two_bridges_with_a_rebalance_mid_stream_apply_each_event_once(
 
     What matters is that both moves of the partitions land mid-stream, with
     events handed over before each and events still to come, not how many
-    events there are: the order service sends two every 0.2 s until both
-    moves are done, then 50 more (about 100-200 in all, where a fixed 500
-    had made this the suite's longest test).
+    events there are: once the first bridge is in its group, the order
+    service sends one every 0.2 s until both moves are done, then 50 more
+    (about 100 in all, where a fixed 500 had made this the suite's longest
+    test and failed it on a loaded machine).
     """
     payment = streamed_payment(paid)
     events = [product_refund(payment, "u", 0.01) for _ in range(STREAM_CAP)]
     env = {"KAFKA_TOPIC_PREFIX": isolated.kafka_topic_prefix}
     producer = SteadyProducer(
-        isolated, isolated.topic_product_refunded, events, batch=2, pause=0.2, hold_back=50
+        isolated, isolated.topic_product_refunded, events, batch=1, pause=0.2, hold_back=50
     )
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     try:
         with bridge_process(env, first_log) as first:
+            # The stream starts once the first bridge is in the group, not
+            # while a loaded machine starts its process.
+            wait_until(
+                lambda: _group_members(isolated) == 1, timeout=60, interval=0.2, message="the first joined"
+            )
             producer.start()
             wait_until(lambda: handed(payment) > 0, timeout=60, interval=0.05, message="the first at work")
             with bridge_process(env, second_log) as second:  # joins the group: partitions move
@@ -415,9 +421,9 @@ def test_a_bridge_killed_mid_stream_and_restarted_loses_no_event_and_applies_non
     """Events keep coming until the bridge is killed, and 50 more after; each applies once.
 
     The kill must land mid-stream (some events handed over, some not), which
-    the events sent after it guarantee; their number is not the point: two
-    every 0.1 s until the kill, then 50 (about 100 in all, where a fixed 300
-    had cost a minute and a half).
+    the events sent after it guarantee; their number is not the point: once
+    the bridge is in its group, two every 0.1 s until the kill, then 50
+    (about 100 in all, where a fixed 300 had cost a minute and a half).
     """
     payment = streamed_payment(paid)
     # The group gives the killed bridge's partitions to the restarted one once
@@ -429,6 +435,9 @@ def test_a_bridge_killed_mid_stream_and_restarted_loses_no_event_and_applies_non
     )
     try:
         with bridge_process(env) as first:
+            wait_until(
+                lambda: _group_members(isolated) == 1, timeout=60, interval=0.2, message="the bridge joined"
+            )
             producer.start()
             wait_until(lambda: handed(payment) > 0, timeout=60, interval=0.01, message="some handed over")
             first.send_signal(signal.SIGKILL)

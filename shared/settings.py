@@ -161,6 +161,16 @@ class Settings(BaseSettings):
         validation_alias="CELERY_VISIBILITY_TIMEOUT",
         description="Seconds after which Redis redelivers a task a dead worker had taken.",
     )
+    broker_restore_seconds: int = Field(
+        100,
+        ge=1,
+        le=3600,
+        validation_alias="CELERY_RESTORE_SECONDS",
+        description=(
+            "Seconds between a worker's sweeps that send back the tasks a dead worker had taken "
+            "(once their visibility timeout has passed); kombu's default."
+        ),
+    )
     task_max_retries: int = Field(
         8,
         ge=0,

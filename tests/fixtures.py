@@ -97,7 +97,14 @@ class World:
         self, failpoints: str = "", checkout_url: str | None = None, env: dict[str, str] | None = None
     ) -> None:
         self.prefix = f"{RUN_ID}fault{next(_worlds)}:"
-        env = {"CELERY_KEY_PREFIX": self.prefix, "PAYMENT_FAILPOINTS": failpoints, **(env or {})}
+        env = {
+            "CELERY_KEY_PREFIX": self.prefix,
+            "PAYMENT_FAILPOINTS": failpoints,
+            # The task a killed node had taken comes back once its visibility
+            # timeout (20 s) has passed: swept for every 2 s, not every 100 s.
+            "CELERY_RESTORE_SECONDS": "2",
+            **(env or {}),
+        }
         if checkout_url:
             env["CHECKOUT_SERVICE_URL"] = checkout_url
         self.env = env

@@ -286,6 +286,17 @@ def _raw(raw: str | None) -> bytes | None:
     return None if raw is None else raw.encode()
 
 
+def restore_sweep(seconds: int) -> dict[str, int]:
+    """kombu's options for a sweep of the tasks dead workers had taken every ``seconds``.
+
+    A worker calls the sweep every ``unacked_restore_interval`` seconds and
+    scans Redis on every ``unacked_restore_throttle``-th call; kombu's
+    defaults (10 and 10) scan every 100 s, which the default keeps.
+    """
+    interval = min(10, seconds)
+    return {"unacked_restore_interval": interval, "unacked_restore_throttle": max(1, seconds // interval)}
+
+
 def create_celery(settings: Settings | None = None) -> PaymentCelery:
     """Build the Celery app from the settings (read from the environment if not given)."""
     settings = settings or load_settings()
@@ -295,6 +306,7 @@ def create_celery(settings: Settings | None = None) -> PaymentCelery:
     app.config_from_object("celeryconfig")
     transport_options: dict[str, Any] = {
         "visibility_timeout": settings.broker_visibility_timeout,
+        **restore_sweep(settings.broker_restore_seconds),
     }
     if settings.broker_key_prefix:
         transport_options["global_keyprefix"] = settings.broker_key_prefix

@@ -199,7 +199,13 @@ def test_an_anonymous_or_unauthenticated_client_is_refused(
 
 
 def _produce_once(settings: Settings) -> None:
-    client = KafkaProducer(**settings.kafka_client_options, max_block_ms=3000, request_timeout_ms=3000)
+    client = KafkaProducer(
+        **settings.kafka_client_options,
+        # Refused within 3 s, not after the client's 30 s of trying to bootstrap.
+        bootstrap_timeout_ms=3000,
+        max_block_ms=3000,
+        request_timeout_ms=3000,
+    )
     try:
         client.send(settings.topic(settings.topic_order_refunded), b"{}").get(timeout=5)
     finally:

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,10 +48,15 @@ class SteadyProducer:
     """The order service sending while something happens to the bridge.
 
     ``start()`` sends ``events`` in batches of ``batch`` with ``pause``
-    seconds between them, all but the last ``hold_back``, which wait until
-    ``release()`` (so that whatever happens meanwhile lands mid-stream).
-    ``stop()`` ends it: no more batches, the held-back ones sent if it is
-    still waiting, the thread joined.
+    seconds between them until ``release()``, then the last ``hold_back`` of
+    them.  Whatever the test does before it releases (a bridge joining,
+    leaving, killed) happens while events keep coming, however long it takes
+    on a loaded machine, and events still come after it; the number sent
+    follows from that, not from a count fixed for the slowest machine.  If
+    all but the last ``hold_back`` are sent before the release, the stream
+    pauses until it.  ``finish()`` waits for the last ones and returns every
+    event sent; ``stop()`` ends it (no more batches, the held-back ones sent
+    if it is still waiting, the thread joined).
     """
 
     def __init__(
@@ -69,21 +73,32 @@ class SteadyProducer:
         self._batch, self._pause, self._split = batch, pause, len(events) - hold_back
         self._released, self._stopped = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._produce, daemon=True)
+        self._sent: list[dict[str, Any]] = []
+
+    def _send(self, events: list[dict[str, Any]]) -> None:
+        kcat_produce(self._settings, self._topic, events)
+        self._sent.extend(events)
 
     def _produce(self) -> None:
         for start in range(0, self._split, self._batch):
-            if self._stopped.is_set():
-                return
-            kcat_produce(self._settings, self._topic, self._events[start : start + self._batch])
-            time.sleep(self._pause)
+            if self._stopped.is_set() or self._released.is_set():
+                break
+            self._send(self._events[start : min(start + self._batch, self._split)])
+            self._released.wait(self._pause)
         if self._released.wait(timeout=120):
-            kcat_produce(self._settings, self._topic, self._events[self._split :])
+            self._send(self._events[self._split :])
 
     def start(self) -> None:
         self._thread.start()
 
     def release(self) -> None:
         self._released.set()
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Every event sent, once the held-back ones are (call after ``release()``)."""
+        self._thread.join(timeout=60)
+        assert not self._thread.is_alive(), "the producer did not finish"
+        return list(self._sent)
 
     def stop(self) -> None:
         self._stopped.set()

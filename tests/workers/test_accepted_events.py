@@ -91,7 +91,7 @@ def private_kafka(tmp_path: Path) -> Iterator[PrivateKafka]:
     kafka.stop()
 
 
-@pytest.mark.slow(seconds=100)
+@pytest.mark.slow(seconds=50)
 def test_a_kafka_outage_delays_accepted_events_but_loses_none_and_invents_none(
     private_kafka: PrivateKafka,
     tmp_path: Path,

@@ -46,8 +46,15 @@ def test_flower_lists_the_live_workers_to_an_authenticated_operator(payment_work
         assert requests.get(url, timeout=10).status_code == 401
         assert requests.get(url, auth=("admin", "wrong"), timeout=10).status_code == 401
     finally:
+        # Flower did not always exit within 20 s of SIGTERM in a full run on a
+        # loaded machine; one still up then is killed and reaped, so that it
+        # cannot fail the next test as a leaked process.
         proc.terminate()
-        proc.wait(timeout=20)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_flower_refuses_to_start_without_a_password() -> None:

@@ -137,7 +137,7 @@ def test_a_mixed_batch_with_a_bad_message_and_replayed_duplicates_applies_each_e
     assert letters(settings, ids) == [(ids[2], "product_not_in_payment", sent[2])]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=30)
 @pytest.mark.parametrize(
     ("kill", "step"),
     [
@@ -161,7 +161,12 @@ def test_a_worker_killed_mid_batch_and_restarted_applies_every_event_exactly_onc
     # ``step`` event 3 dies (or stalls, and its node is killed): after the
     # record step all six are recorded, none is credited, none settled.
     point = f"{step}@:0:3"
-    world = world_factory(failpoints=point if kill == "pool process" else f"stall:{point}")
+    # A killed node's batch comes back once its visibility timeout has passed: the least allowed, 10 s.
+    world = (
+        world_factory(failpoints=point)
+        if kill == "pool process"
+        else world_factory(failpoints=f"stall:{point}", env={"CELERY_VISIBILITY_TIMEOUT": "10"})
+    )
     client = Client(world.api.url)
     card = client.add_card(money=100)
     checkout = seed_checkout(client.user_id, total="0.10", products=UNITS)

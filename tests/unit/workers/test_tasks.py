@@ -20,7 +20,7 @@ from shared.services import jobs
 from tests.environment import make_settings
 from tests.helpers import PUBLIC_TASKS
 from workers import bridge
-from workers.app import TASK_MODULES, PaymentTask
+from workers.app import TASK_MODULES, PaymentTask, create_celery
 
 #: Tasks that are idempotent: acknowledged after they ran, redelivered if their worker dies.
 ACK_LATE = {"cards.add", "cards.delete", "payments.charge", "payments.delete"} | {
@@ -112,3 +112,13 @@ def test_a_worker_refuses_a_pickled_message(celery_session_app: Celery, echo: An
         refused.get(timeout=2)
     # The worker goes on with JSON messages after refusing it.
     assert echo.delay("json").get(timeout=10) == {"args": ["json"], "kwargs": {}}
+
+
+def test_the_sweep_for_a_dead_workers_tasks_keeps_kombus_period_unless_set() -> None:
+    """kombu scans for the unacknowledged tasks of a dead worker every interval x throttle seconds."""
+    default = create_celery(make_settings()).conf.broker_transport_options
+    assert (default["unacked_restore_interval"], default["unacked_restore_throttle"]) == (10, 10)
+    fast = create_celery(make_settings(CELERY_RESTORE_SECONDS=2)).conf.broker_transport_options
+    assert (fast["unacked_restore_interval"], fast["unacked_restore_throttle"]) == (2, 1)
+    slow = create_celery(make_settings(CELERY_RESTORE_SECONDS=300)).conf.broker_transport_options
+    assert (slow["unacked_restore_interval"], slow["unacked_restore_throttle"]) == (10, 30)

@@ -36,10 +36,15 @@ stack-status: ## say which servers answer
 # Closed loopback ports: a unit test that reaches a server fails rather than passing by luck.
 UNIT_ENV := DEVSTACK_REDIS_PORT=1 DEVSTACK_KAFKA_PORT=2 DEVSTACK_MONGO_PORT=3
 
-test: install ## every test: the unit tests first (no server), then start the servers that are not running, run the integration tests, stop what it started
-	$(UNIT_ENV) $(PY) -m pytest tests/unit --cov --cov-report= $(PYTEST_ARGS)
+# The servers start while the unit tests run (those use closed ports, and one core each).
+test: install ## every test: the unit tests first (no server) while the servers that are not running start, then the integration tests; stop what it started
 	@mkdir -p .stack/run; record=$(RUN_RECORD); \
-	$(PY) -m devstack up --record $$record || { $(PY) -m devstack down --record $$record; exit 1; }; \
+	$(PY) -m devstack up --record $$record > $$record.log 2>&1 & up=$$!; \
+	echo "$(UNIT_ENV) $(PY) -m pytest tests/unit --cov --cov-report= $(PYTEST_ARGS)"; \
+	$(UNIT_ENV) $(PY) -m pytest tests/unit --cov --cov-report= $(PYTEST_ARGS); unit=$$?; \
+	wait $$up; started=$$?; cat $$record.log; rm -f $$record.log; \
+	if [ $$unit -ne 0 ] || [ $$started -ne 0 ]; then $(PY) -m devstack down --record $$record; exit 1; fi; \
+	echo "$(PY) -m pytest -n 2 --dist loadgroup --ignore=tests/unit --cov --cov-append --cov-report=term:skip-covered $(PYTEST_ARGS)"; \
 	$(PY) -m pytest -n 2 --dist loadgroup --ignore=tests/unit --cov --cov-append --cov-report=term:skip-covered $(PYTEST_ARGS); rc=$$?; \
 	$(PY) -m devstack down --record $$record; exit $$rc
 

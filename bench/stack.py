@@ -237,11 +237,16 @@ class Stack:
 
     def _group(self, count: int) -> bool:
         from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
 
         admin = KafkaAdminClient(**self.settings.kafka_client_options)
         try:
             name = self.settings.topic(self.settings.bridge_group_id)
             group: dict[str, Any] = admin.describe_groups([name])[name]
+        except KafkaError as exc:
+            if exc.retriable:  # no coordinator for the group yet (a fresh broker)
+                return False
+            raise
         finally:
             admin.close()
         members = group.get("members") or []

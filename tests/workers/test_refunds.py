@@ -336,12 +336,20 @@ def handed(payment: dict[str, Any]) -> int:
 
 
 def _group_members(settings: Settings) -> int:
+    """Members of the bridges' group; 0 while the broker has no coordinator for it yet."""
     from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
 
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     try:
         name = settings.topic(settings.bridge_group_id)
-        group: dict[str, Any] = admin.describe_groups([name])[name]
+        try:
+            group: dict[str, Any] = admin.describe_groups([name])[name]
+        except KafkaError as exc:
+            # On a fresh broker the first group waits for __consumer_offsets.
+            if exc.retriable:
+                return 0
+            raise
         return len(group.get("members") or [])
     finally:
         admin.close()

@@ -383,6 +383,8 @@ def test_an_ended_job_expires_after_the_retention_and_an_open_one_never(
     assert running is not None
     assert running["status"] == "running"
     assert "expiresAt" not in running
+    # Its parameters are no charge's: the stale-job sweep must not requeue it to a worker.
+    Job.objects(id=open_job.id).delete()
 
 
 def test_the_retention_is_the_setting_and_a_reopened_charge_no_longer_expires() -> None:

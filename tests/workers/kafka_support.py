@@ -8,12 +8,13 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from shared.settings import Settings
 from tests.environment import ROOT
@@ -118,6 +119,36 @@ def read_topic(settings: Settings, topic: str, timeout_ms: int = 5000) -> list[A
     )
     try:
         return list(consumer)
+    finally:
+        consumer.close()
+
+
+def read_to_end(settings: Settings, topic: str, timeout_s: float = 10.0) -> list[Any]:
+    """Every record of a topic up to the end offsets it has now (none if there is no such topic).
+
+    Fails (AssertionError) if those records are not read within ``timeout_s``.
+
+    Unlike :func:`read_topic`, it does not stop at the first quiet moment: on
+    a loaded machine a new consumer's first fetch can come later than any
+    quiet period, and a record already written would be missed.
+    """
+    name = settings.topic(topic)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} not read to its end within {timeout_s}s")
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        return records
     finally:
         consumer.close()
 

@@ -8,9 +8,9 @@ passing the Luhn check, in any grouping) in the message, the traceback and
 every field, and leaves every other number alone, so that a task's runtime
 ("succeeded in 0.0045238s") stays readable.  The context's identifiers (user,
 job, task, request, event) are kept whole when they have the shape of an id
-(an ObjectId, a UUID): one in a few thousand random ObjectIds holds a digit
-run that passes the Luhn check, and a masked user id is a line an operator
-cannot find.
+(an ObjectId, a UUID, a refund event's topic:topicId:partition:offset): one
+in a few thousand random ObjectIds, and more topic ids, hold digits that pass
+the Luhn check, and a masked id is a line an operator cannot find.
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ from shared.wire import object_id_text
 
 # A request id (UUID hex) or a task id (UUID with dashes); ObjectIds are shared.wire's.
 _UUID = re.compile(r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_ID_FIELDS = ("user_id", "job_id", "task_id", "request_id", "event_id")
+# A refund event's id: topic:topicId:partition:offset (topic:partition:offset before
+# topic ids), made by the bridge from the record's coordinates, never from its content.
+_EVENT_ID = re.compile(
+    r"[A-Za-z0-9._-]+:(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}:)?[0-9]+:[0-9]+"
+)
+_ID_FIELDS = ("user_id", "job_id", "task_id", "request_id", "event_id", "event_ids")
 
 _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("log_context", default=None)
 
@@ -55,10 +60,16 @@ def unbind(token: contextvars.Token[dict[str, Any] | None]) -> None:
 
 
 def _is_id(value: object) -> bool:
-    """Whether ``value`` has the shape of one of the service's ids, in the service's (lowercase) form."""
+    """Whether ``value`` has the shape of one of the service's ids (or is a non-empty list of them)."""
+    if isinstance(value, list):
+        return bool(value) and all(_is_id(item) for item in value)
     if not isinstance(value, str):
         return False
-    return object_id_text(value) == value or _UUID.fullmatch(value) is not None
+    return (
+        object_id_text(value) == value
+        or _UUID.fullmatch(value) is not None
+        or _EVENT_ID.fullmatch(value) is not None
+    )
 
 
 class JsonFormatter(logging.Formatter):

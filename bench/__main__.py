@@ -149,6 +149,56 @@ def memory(stack: Any, charger: Any, charges: int) -> None:
         say(f"{charger.count} | {rate} | {api:.1f} | {pool:.1f}")
 
 
+def charge_goals(
+    charge_rate: float, noop: float, plain: float, loaded_p99: float, alone_median: float
+) -> tuple[Goal, Goal, Goal]:
+    """Issue 10's three charge goals: the two throughput ratios and the 8-client p99."""
+    return (
+        Goal(
+            "charges/s with 8 clients / no-op tasks/s of the same workers",
+            charge_rate,
+            noop,
+            0.4,
+            True,
+            f"{charge_rate:.1f} / {noop:.1f}",
+        ),
+        Goal(
+            "charges/s / plain 2-process Celery no-op tasks/s",
+            charge_rate,
+            plain,
+            0.25,
+            True,
+            f"{charge_rate:.1f} / {plain:.1f}",
+        ),
+        Goal(
+            "charge p99 with 8 clients / median of one client alone",
+            loaded_p99,
+            alone_median,
+            3.0,
+            False,
+            f"{loaded_p99 * 1000:.1f} ms / {alone_median * 1000:.1f} ms",
+        ),
+    )
+
+
+def refund_goals(refund_rate: float, noop: float, burst_p99: float, burst: int) -> tuple[Goal, Goal]:
+    """Issue 10's two refund goals: events/s against no-op tasks/s, and the burst's p99."""
+    burst_note = "" if burst == 1000 else f" (bursts of {burst}: --quick)"
+    return (
+        Goal(
+            "refund events/s / no-op tasks/s", refund_rate, noop, 1.0, True, f"{refund_rate:.1f} / {noop:.1f}"
+        ),
+        Goal(
+            "burst of 1,000 refunds, all applied: p99 seconds" + burst_note,
+            burst_p99,
+            1.0,
+            3.0,
+            False,
+            f"p99 {burst_p99:.2f} s",
+        ),
+    )
+
+
 def refunds_only(stack: Any, size: Sizes) -> None:
     """The refund part of the bench alone: round trips, no-op baseline, bursts, steady run, goals."""
     from bench.charge_latency import ping_latency, ping_rate
@@ -180,21 +230,8 @@ def refunds_only(stack: Any, size: Sizes) -> None:
     say(table(["step", "median ms", "p99 ms"], _rows(bursts[-1].steps)))
     refund_rate = statistics.median(b.events_per_s for b in bursts)
     burst_p99 = statistics.median(percentile(b.latencies, 0.99) for b in bursts)
-    burst_note = "" if size.burst == 1000 else f" (bursts of {size.burst}: --quick)"
     say("\n== 3. the refund goals of issue 10 (reported, not asserted) ==")
-    for goal in (
-        Goal(
-            "refund events/s / no-op tasks/s", refund_rate, noop, 1.0, True, f"{refund_rate:.1f} / {noop:.1f}"
-        ),
-        Goal(
-            "burst of 1,000 refunds, all applied: p99 seconds" + burst_note,
-            burst_p99,
-            1.0,
-            3.0,
-            False,
-            f"p99 {burst_p99:.2f} s",
-        ),
-    ):
+    for goal in refund_goals(refund_rate, noop, burst_p99, size.burst):
         say(goal.line())
 
 
@@ -293,49 +330,8 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
         loaded_p99 = percentile([c.latency for c in loaded], 0.99)
 
         say("\n== 3. goals of issue 10 (ratios within this run; reported, not asserted) ==")
-        burst_note = "" if size.burst == 1000 else f" (bursts of {size.burst}: --quick)"
-        goals = [
-            Goal(
-                "charges/s with 8 clients / no-op tasks/s of the same workers",
-                charge_rate,
-                noop,
-                0.4,
-                True,
-                f"{charge_rate:.1f} / {noop:.1f}",
-            ),
-            Goal(
-                "charges/s / plain 2-process Celery no-op tasks/s",
-                charge_rate,
-                plain,
-                0.25,
-                True,
-                f"{charge_rate:.1f} / {plain:.1f}",
-            ),
-            Goal(
-                "refund events/s / no-op tasks/s",
-                refund_rate,
-                noop,
-                1.0,
-                True,
-                f"{refund_rate:.1f} / {noop:.1f}",
-            ),
-            Goal(
-                "burst of 1,000 refunds, all applied: p99 seconds" + burst_note,
-                burst_p99,
-                1.0,
-                3.0,
-                False,
-                f"p99 {burst_p99:.2f} s",
-            ),
-            Goal(
-                "charge p99 with 8 clients / median of one client alone",
-                loaded_p99,
-                alone_median,
-                3.0,
-                False,
-                f"{loaded_p99 * 1000:.1f} ms / {alone_median * 1000:.1f} ms",
-            ),
-        ]
+        charge = charge_goals(charge_rate, noop, plain, loaded_p99, alone_median)
+        goals = [charge[0], charge[1], *refund_goals(refund_rate, noop, burst_p99, size.burst), charge[2]]
         for goal in goals:
             say(goal.line())
 
@@ -412,32 +408,7 @@ def charges_only(stack: Any, size: Sizes) -> int:
     alone_median = statistics.median(c.latency for c in alone)
     loaded_p99 = percentile([c.latency for c in loaded], 0.99)
     say("\n== 3. charge goals of issue 10 (ratios within this run; reported, not asserted) ==")
-    for goal in (
-        Goal(
-            "charges/s with 8 clients / no-op tasks/s of the same workers",
-            charge_rate,
-            noop,
-            0.4,
-            True,
-            f"{charge_rate:.1f} / {noop:.1f}",
-        ),
-        Goal(
-            "charges/s / plain 2-process Celery no-op tasks/s",
-            charge_rate,
-            plain,
-            0.25,
-            True,
-            f"{charge_rate:.1f} / {plain:.1f}",
-        ),
-        Goal(
-            "charge p99 with 8 clients / median of one client alone",
-            loaded_p99,
-            alone_median,
-            3.0,
-            False,
-            f"{loaded_p99 * 1000:.1f} ms / {alone_median * 1000:.1f} ms",
-        ),
-    ):
+    for goal in charge_goals(charge_rate, noop, plain, loaded_p99, alone_median):
         say(goal.line())
     say(f"load average: {load:.1f} at the start of the charges, {os.getloadavg()[0]:.1f} at the end")
     return 0

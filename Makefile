@@ -44,8 +44,8 @@ test: install ## every test: the unit tests first (no server) while the servers 
 	$(UNIT_ENV) $(PY) -m pytest tests/unit --cov --cov-report= $(PYTEST_ARGS); unit=$$?; \
 	wait $$up; started=$$?; cat $$record.log; rm -f $$record.log; \
 	if [ $$unit -ne 0 ] || [ $$started -ne 0 ]; then $(PY) -m devstack down --record $$record; exit 1; fi; \
-	echo "$(PY) -m pytest -n 3 --dist loadgroup --ignore=tests/unit --cov --cov-append --cov-report=term:skip-covered $(PYTEST_ARGS)"; \
-	$(PY) -m pytest -n 3 --dist loadgroup --ignore=tests/unit --cov --cov-append --cov-report=term:skip-covered $(PYTEST_ARGS); rc=$$?; \
+	echo "$(PY) -m pytest -n 2 --dist loadgroup --ignore=tests/unit --cov --cov-append --cov-report=term:skip-covered $(PYTEST_ARGS)"; \
+	$(PY) -m pytest -n 2 --dist loadgroup --ignore=tests/unit --cov --cov-append --cov-report=term:skip-covered $(PYTEST_ARGS); rc=$$?; \
 	$(PY) -m devstack down --record $$record; exit $$rc
 
 test-unit: $(STAMP) ## the unit tests (tests/unit), with no server at all

@@ -149,6 +149,38 @@ def memory(stack: Any, charger: Any, charges: int) -> None:
         say(f"{charger.count} | {rate} | {api:.1f} | {pool:.1f}")
 
 
+def measure_charges(
+    stack: Any, charger: Any, size: Sizes, pings_alone: bool = False
+) -> tuple[list[Any], float, list[Any], float]:
+    """Section 2's charges: warm-up, one client, the no-op rate, 8 clients with their CPU, the steps.
+
+    Returns (one-client charges, no-op tasks/s, 8-client charges, charges/s);
+    with ``pings_alone``, no-op pings one at a time are measured after the warm-up too.
+    """
+    from bench.charge_latency import ping_latency, ping_rate, steps, steps_table
+
+    ping_latency(stack, 20)  # warm-up: connections, pools, indexes
+    charger.run(16, 8)
+    if pings_alone:
+        say(f"no-op system.ping, one at a time: {summary(ping_latency(stack, size.alone))}")
+    alone, _ = charger.run(size.alone, 1)
+    say(f"charge, one client: {summary([c.latency for c in alone])}")
+    noop = ping_rate(stack, size.noop)
+    say(f"no-op system.ping, {size.noop} at once: {noop:.1f} tasks/s")
+    cpu0, srv0 = service_cpu(stack), server_cpu()
+    loaded, wall = charger.run(size.loaded, 8)
+    cpu1, srv1 = service_cpu(stack), server_cpu()
+    charge_rate = len(loaded) / wall
+    say(f"charge, 8 clients: {summary([c.latency for c in loaded])}, {charge_rate:.1f} charges/s")
+    say(f"  CPU ms per charge: {cpu_per_charge(cpu0, cpu1, len(loaded))}")
+    say(f"  servers' CPU ms per charge (shared, noisy): {cpu_per_charge(srv0, srv1, len(loaded))}")
+    say("\ncharge steps, one client (ms):")
+    say(steps_table(steps(alone)))
+    say("\ncharge steps, 8 clients (ms):")
+    say(steps_table(steps(loaded)))
+    return alone, noop, loaded, charge_rate
+
+
 def charge_goals(
     charge_rate: float, noop: float, plain: float, loaded_p99: float, alone_median: float
 ) -> tuple[Goal, Goal, Goal]:
@@ -260,7 +292,7 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
     )
     args = parser.parse_args()
     size = QUICK if args.quick else FULL
-    from bench.charge_latency import Charger, ping_latency, ping_rate, steps, steps_table
+    from bench.charge_latency import Charger, ping_rate
     from bench.refund_throughput import PAYMENTS, one_run, seed
     from bench.stack import Stack
 
@@ -293,25 +325,7 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
         stack.workers(2)
         stack.bridges(1)
         charger = Charger(stack)
-        ping_latency(stack, 20)  # warm-up: connections, pools, indexes
-        charger.run(16, 8)
-        ping_alone = ping_latency(stack, size.alone)
-        say(f"no-op system.ping, one at a time: {summary(ping_alone)}")
-        alone, _ = charger.run(size.alone, 1)
-        say(f"charge, one client: {summary([c.latency for c in alone])}")
-        noop = ping_rate(stack, size.noop)
-        say(f"no-op system.ping, {size.noop} at once: {noop:.1f} tasks/s")
-        cpu0, srv0 = service_cpu(stack), server_cpu()
-        loaded, wall = charger.run(size.loaded, 8)
-        cpu1, srv1 = service_cpu(stack), server_cpu()
-        charge_rate = len(loaded) / wall
-        say(f"charge, 8 clients: {summary([c.latency for c in loaded])}, {charge_rate:.1f} charges/s")
-        say(f"  CPU ms per charge: {cpu_per_charge(cpu0, cpu1, len(loaded))}")
-        say(f"  servers' CPU ms per charge (shared, noisy): {cpu_per_charge(srv0, srv1, len(loaded))}")
-        say("\ncharge steps, one client (ms):")
-        say(steps_table(steps(alone)))
-        say("\ncharge steps, 8 clients (ms):")
-        say(steps_table(steps(loaded)))
+        alone, noop, loaded, charge_rate = measure_charges(stack, charger, size, pings_alone=True)
         bursts = []
         for _ in range(size.bursts):
             bursts.append(one_run(stack, payment_ids, size.burst))
@@ -382,27 +396,11 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
 
 def charges_only(stack: Any, size: Sizes) -> int:
     """The charge figures of sections 2 and 3 alone (``--charges-only``), as the whole run takes them."""
-    from bench.charge_latency import Charger, ping_latency, ping_rate, steps, steps_table
+    from bench.charge_latency import Charger
 
     charger = Charger(stack)
-    ping_latency(stack, 20)  # warm-up: connections, pools, indexes
-    charger.run(16, 8)
     load = os.getloadavg()[0]
-    alone, _ = charger.run(size.alone, 1)
-    say(f"charge, one client: {summary([c.latency for c in alone])}")
-    noop = ping_rate(stack, size.noop)
-    say(f"no-op system.ping, {size.noop} at once: {noop:.1f} tasks/s")
-    cpu0, srv0 = service_cpu(stack), server_cpu()
-    loaded, wall = charger.run(size.loaded, 8)
-    cpu1, srv1 = service_cpu(stack), server_cpu()
-    charge_rate = len(loaded) / wall
-    say(f"charge, 8 clients: {summary([c.latency for c in loaded])}, {charge_rate:.1f} charges/s")
-    say(f"  CPU ms per charge: {cpu_per_charge(cpu0, cpu1, len(loaded))}")
-    say(f"  servers' CPU ms per charge (shared, noisy): {cpu_per_charge(srv0, srv1, len(loaded))}")
-    say("\ncharge steps, one client (ms):")
-    say(steps_table(steps(alone)))
-    say("\ncharge steps, 8 clients (ms):")
-    say(steps_table(steps(loaded)))
+    alone, noop, loaded, charge_rate = measure_charges(stack, charger, size)
     plain = plain_rate(stack, size.noop)
     say(f"\nplain Celery (2 prefork processes) no-op, {size.noop} at once: {plain:.1f} tasks/s")
     alone_median = statistics.median(c.latency for c in alone)

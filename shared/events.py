@@ -76,11 +76,17 @@ def publish_many(
     """Send several events (value, key) at once, then wait for their acknowledgements together.
 
     One wait for the lot instead of one per event; the answer says, per
-    item and in order, None once Kafka acknowledged it, else the error.
+    item and in order, None once Kafka acknowledged it, else the error.  A
+    send the producer refuses (no broker within its ``max_block_ms``) fails
+    the items after it too, without trying them.
     """
     outcomes: list[EventNotPublished | None] = []
     futures: list[Any] = []
+    refused: EventNotPublished | None = None
     for value, key in items:
+        if refused is not None:  # Kafka is away: the others would each wait as long again
+            futures.append(refused)
+            continue
         try:
             futures.append(
                 _producer(settings).send(
@@ -88,7 +94,8 @@ def publish_many(
                 )
             )
         except KafkaError as exc:
-            futures.append(EventNotPublished(f"{topic}: {type(exc).__name__}: {exc}"))
+            refused = EventNotPublished(f"{topic}: {type(exc).__name__}: {exc}")
+            futures.append(refused)
     deadline = time.monotonic() + timeout
     for future in futures:
         if isinstance(future, EventNotPublished):

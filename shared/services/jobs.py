@@ -380,28 +380,36 @@ def requeue_unstarted(
 
     A broker that crashes loses its last second of writes (Redis' append-only
     file is synced every second), possibly a task the web had answered 202
-    for.  So a job still ``queued`` after ``older_than`` that was sent before
-    the broker (re)started (``broker_started_at``) is sent again: safe, since
-    every job task is idempotent and a job that has ended ignores its message.
-    A job merely waiting in a long queue of a broker that has not restarted
-    is left alone (sending it again would only lengthen the queue).  When the
-    broker's start time is unknown (``None``), every job queued longer than
-    ``older_than`` is sent again.  Each send moves ``updatedAt``, so a job is
-    sent again only after a later restart.
+    for, or the message of a job a worker had started (taken from the queue,
+    a retry sent, a message handed back by a dying pool process).  So a job
+    untouched for ``older_than`` whose last move came before the broker
+    (re)started (``broker_started_at``) is sent again: ``queued`` or
+    ``running``.  That is safe, since every job task is idempotent (a run
+    still going meets its duplicate in the job's state machine) and a job
+    that has ended ignores its message.  A job merely waiting in a long queue
+    of a broker that has not restarted is left alone (sending it again would
+    only lengthen the queue).  When the broker's start time is unknown
+    (``None``), every job queued longer than ``older_than`` is sent again,
+    and running ones are left to the stale sweep.  Each send moves
+    ``updatedAt``, so a job is sent again only after a later restart.
     """
     cutoff = utcnow() - older_than
+    statuses = [JobStatus.QUEUED]
     if broker_started_at is not None:
         cutoff = min(cutoff, broker_started_at)
-    unstarted = Job.objects(status=JobStatus.QUEUED, updatedAt__lt=cutoff).only("id", "type").limit(limit)
+        statuses.append(JobStatus.RUNNING)
+    unstarted = (
+        Job.objects(status__in=statuses, updatedAt__lt=cutoff).only("id", "type", "status").limit(limit)
+    )
     count = 0
     for job in unstarted:
-        moved = Job.objects(id=job.id, status=JobStatus.QUEUED, updatedAt__lt=cutoff).update_one(
+        moved = Job.objects(id=job.id, status=job.status, updatedAt__lt=cutoff).update_one(
             set__updatedAt=utcnow()
         )
-        if not moved:  # started meanwhile, or sent by a concurrent sweep
+        if not moved:  # moved meanwhile, or sent by a concurrent sweep
             continue
         sender.send_task(TASKS[job.type], args=[str(job.id)])
-        log.warning("requeued unstarted job %s (%s)", job.id, job.type)
+        log.warning("requeued job %s (%s, %s): its message may have been lost", job.id, job.type, job.status)
         count += 1
     return count
 

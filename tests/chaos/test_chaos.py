@@ -728,7 +728,7 @@ def test_under_chaos_every_job_ends_and_the_money_reconciles(
             for e in database.refund_events.find({}, {"status": 1, "reason": 1})
         )
         figures.resent = sum(
-            path.read_text(errors="replace").count("requeued unstarted job")
+            path.read_text(errors="replace").count("its message may have been lost")
             for path in LOGS.glob(f"test-worker-chaos*-{RUN_ID}.log")
         )
         figures.seconds = {

@@ -237,3 +237,37 @@ def test_refund_events_ask_the_database_a_bounded_number_of_times_alone_and_in_a
         )
     assert len(alone) <= MAX_REFUND_BATCH_OF_ONE, alone
     assert len(many) / BATCH <= MAX_REFUND_PER_EVENT_IN_A_BATCH, many
+
+
+def test_accepted_events_handed_over_together_go_in_one_request_and_one_update(
+    settings: Settings, commands: Commands, topics: list[str]
+) -> None:
+    """The charges' publisher thread sends the events that come within its linger together.
+
+    Twenty charged payments handed over at once: every event reaches the
+    order service's topic with its payment id as key, every payment is
+    marked published, and the marks take at most a few updates of
+    ``payments`` (one per batch), not twenty.
+    """
+    import json
+
+    from tests.workers.kafka_support import read_to_end
+
+    payment_ids = charged_payments(20)
+    payments = list(Payment.objects(id__in=payment_ids))
+    outbox.publish_soon(settings, payments[0])  # the thread and the producer exist before the count
+    assert outbox.wait_for_publisher(timeout=15)
+    with commands.count() as marks:
+        for payment in payments[1:]:
+            assert outbox.publish_soon(settings, payment)
+        assert outbox.wait_for_publisher(timeout=15)
+
+    # The topic holds this module's other charges too.
+    records = [
+        r for r in read_to_end(settings, settings.topic_payment_accepted) if r.key.decode() in payment_ids
+    ]
+    assert {r.key.decode() for r in records} == set(payment_ids)
+    assert {json.loads(r.value)["paymentId"] for r in records} == set(payment_ids)
+    assert Payment.objects(id__in=payment_ids, acceptedEventPublished=True).count() == len(payment_ids)
+    updates = [c for c in marks if c == "update payments"]
+    assert 1 <= len(updates) <= 3, marks

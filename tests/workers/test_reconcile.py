@@ -29,7 +29,7 @@ from shared import db
 from shared.errors import InsufficientFunds
 from shared.models import Job
 from shared.models.base import utcnow
-from shared.services import cards, payments, reconcile, refunds
+from shared.services import cards, outbox, payments, reconcile, refunds
 from shared.settings import Settings
 from tests.environment import ROOT, RUN_ID, TEST_ENV
 from tests.factories import JobFactory, ProductFactory
@@ -99,6 +99,8 @@ def clean_world(settings: Settings, standin: str) -> World:
     refunds.refund_product(settings, "t:0:1", first, product_id="p-1", price=Decimal("10.00"))
     refunds.refund_product(settings, "t:0:1", first, product_id="p-1", price=Decimal("10.00"))  # redelivered
     refunds.refund_order(settings, "t:0:2", first)  # the 20.00 left
+    # The charges' accepted events leave from this process's publisher thread: all sent and marked.
+    assert outbox.wait_for_publisher(timeout=15)
     return world
 
 

@@ -167,13 +167,20 @@ def measure_charges(
     say(f"charge, one client: {summary([c.latency for c in alone])}")
     noop = ping_rate(stack, size.noop)
     say(f"no-op system.ping, {size.noop} at once: {noop:.1f} tasks/s")
-    cpu0, srv0 = service_cpu(stack), server_cpu()
+    cpu0, srv0, own0 = service_cpu(stack), server_cpu(), {"bench": cpu_seconds(os.getpid())}
     loaded, wall = charger.run(size.loaded, 8)
-    cpu1, srv1 = service_cpu(stack), server_cpu()
+    cpu1, srv1, own1 = service_cpu(stack), server_cpu(), {"bench": cpu_seconds(os.getpid())}
     charge_rate = len(loaded) / wall
     say(f"charge, 8 clients: {summary([c.latency for c in loaded])}, {charge_rate:.1f} charges/s")
     say(f"  CPU ms per charge: {cpu_per_charge(cpu0, cpu1, len(loaded))}")
     say(f"  servers' CPU ms per charge (shared, noisy): {cpu_per_charge(srv0, srv1, len(loaded))}")
+    # The load's side: the 8 clients, the checkout stand-in and the task-event receiver.
+    own = cpu_per_charge(own0, own1, len(loaded))
+    say(f"  this process's CPU ms per charge (clients, checkout stand-in): {own}")
+    pairs = ((cpu0, cpu1), (srv0, srv1), (own0, own1))
+    spent = sum(after[k] - before[k] for before, after in pairs for k in after if k in before)
+    per_charge, cores = 1000 * spent / len(loaded), spent / wall
+    say(f"  all of it: {per_charge:.1f} ms per charge, {cores:.2f} of {os.cpu_count()} cores")
     say("\ncharge steps, one client (ms):")
     say(steps_table(steps(alone)))
     say("\ncharge steps, 8 clients (ms):")

@@ -145,9 +145,13 @@ def _publish_forever(events: queue.Queue[tuple[Settings, Payment]]) -> None:
                 batch.append(events.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 break
-        settings = batch[0][0]  # one process, one configuration
+        # One configuration per process in the service; apart, should a caller hand over several.
+        by_settings: dict[int, tuple[Settings, list[Payment]]] = {}
+        for settings, payment in batch:
+            by_settings.setdefault(id(settings), (settings, []))[1].append(payment)
         try:
-            try_publish_accepted(settings, [payment for _, payment in batch])
+            for settings, payments in by_settings.values():
+                try_publish_accepted(settings, payments)
         except Exception:  # the database did not take the flags: the events are published again later
             log.exception("payment-accepted events of %d payments: not marked published", len(batch))
         finally:

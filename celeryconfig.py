@@ -63,9 +63,11 @@ task_send_sent_event = True
 beat_schedule = {
     "publish-accepted-events": {"task": "outbox.publish_accepted", "schedule": 5.0},
     "requeue-stale-jobs": {"task": "jobs.requeue_stale", "schedule": 60.0},
-    # A job still queued after JOB_UNSTARTED_REQUEUE_SECONDS lost its message
-    # (a Redis crash loses its last second of writes): sent again soon, not
-    # after the 10 minutes of the stale sweep.
+    # A job whose message may be lost (a Redis crash loses its last second of
+    # writes; a worker node killed as it takes a message loses it) is sent
+    # again soon, not after the stale sweep's 10 minutes: queued after
+    # JOB_UNSTARTED_REQUEUE_SECONDS if the broker restarted since or its queue
+    # is empty; running after a broker restart, a task's time limit and longest backoff.
     "requeue-unstarted-jobs": {"task": "jobs.requeue_unstarted", "schedule": 20.0},
     # Reads only; its discrepancies go to the logs as errors.
     "reconcile-daily": {"task": "maintenance.reconcile", "schedule": crontab(hour=3, minute=17)},

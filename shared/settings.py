@@ -202,7 +202,10 @@ class Settings(BaseSettings):
         ge=5,
         le=600,
         validation_alias="JOB_UNSTARTED_REQUEUE_SECONDS",
-        description="A job sent before a broker restart, unstarted this many seconds, is sent again.",
+        description=(
+            "A queued job whose message may be lost (sent before a broker restart, or its queue"
+            " empty) is sent again after this many seconds."
+        ),
     )
     checkout_service_url: HttpUrl = Field(
         HttpUrl("http://127.0.0.1:8090"),

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from bson import ObjectId
+from mongoengine import Q
 from mongoengine.errors import NotUniqueError
 
 from shared.errors import (
@@ -374,35 +375,59 @@ def requeue_stale(
 
 
 def requeue_unstarted(
-    sender: TaskSender, older_than: timedelta, broker_started_at: datetime | None, limit: int = 1000
+    sender: TaskSender,
+    older_than: timedelta,
+    broker_started_at: datetime | None,
+    limit: int = 1000,
+    *,
+    running_older_than: timedelta | None = None,
+    drained: frozenset[str] = frozenset(),
 ) -> int:
-    """Send again the tasks of jobs a broker restart may have lost; return how many.
+    """Send again the tasks of jobs whose message the broker may have lost; return how many.
 
-    A broker that crashes loses its last second of writes (Redis' append-only
-    file is synced every second), possibly a task the web had answered 202
-    for, or the message of a job a worker had started (taken from the queue,
-    a retry sent, a message handed back by a dying pool process).  So a job
-    untouched for ``older_than`` whose last move came before the broker
-    (re)started (``broker_started_at``) is sent again: ``queued`` or
-    ``running``.  That is safe, since every job task is idempotent (a run
-    still going meets its duplicate in the job's state machine) and a job
-    that has ended ignores its message.  A job merely waiting in a long queue
-    of a broker that has not restarted is left alone (sending it again would
-    only lengthen the queue).  When the broker's start time is unknown
-    (``None``), every job queued longer than ``older_than`` is sent again,
-    and running ones are left to the stale sweep.  Each send moves
-    ``updatedAt``, so a job is sent again only after a later restart.
+    A message can be lost in two ways the stale sweep would leave for 10 minutes:
+
+    - a broker that crashes loses its last second of writes (Redis' append-only
+      file is synced every second): possibly a task the web had answered 202
+      for, or the message of a job a worker had started (a retry it sent, a
+      message a dying pool process handed back);
+    - a worker node killed at the instant it takes a message loses it: Redis
+      hands a message over by removing it from the queue (BRPOP), and the
+      node records it as unacknowledged only after that.
+
+    So a ``queued`` job nothing moved for ``older_than`` is sent again if its
+    last move came before the broker (re)started (``broker_started_at``), or
+    if its type is in ``drained``: the job types whose queue holds no message
+    now, so the job's message is not waiting in it.  A ``running`` job is sent
+    again only after a broker restart, once nothing moved it for
+    ``running_older_than`` (if given), which the caller makes longer than a
+    live run can leave its job unmoved (an attempt's time limit plus the
+    longest backoff before the next), so that a second chain of retries is
+    not started beside a live one.  Safe either way: every job task is
+    idempotent and a job that has ended ignores its message.  A job merely
+    waiting in a long queue of a broker that has not restarted is left alone
+    (sending it again would only lengthen the queue).  When the broker's start
+    time is unknown (``None``), every job queued longer than ``older_than`` is
+    sent again, and running ones are left to the stale sweep.  Each send moves
+    ``updatedAt``, so a job is sent again only once more time has passed.
     """
-    cutoff = utcnow() - older_than
-    statuses = [JobStatus.QUEUED]
-    if broker_started_at is not None:
-        cutoff = min(cutoff, broker_started_at)
-        statuses.append(JobStatus.RUNNING)
-    unstarted = (
-        Job.objects(status__in=statuses, updatedAt__lt=cutoff).only("id", "type", "status").limit(limit)
-    )
+    now = utcnow()
+    queued_cutoff = now - older_than
+    restart_cutoff = queued_cutoff if broker_started_at is None else min(queued_cutoff, broker_started_at)
+    wanted = Q(status=JobStatus.QUEUED, updatedAt__lt=restart_cutoff)
+    if drained:
+        wanted |= Q(status=JobStatus.QUEUED, type__in=sorted(drained), updatedAt__lt=queued_cutoff)
+    running_cutoff = None
+    if broker_started_at is not None and running_older_than is not None:
+        running_cutoff = min(now - running_older_than, broker_started_at)
+        wanted |= Q(status=JobStatus.RUNNING, updatedAt__lt=running_cutoff)
     count = 0
-    for job in unstarted:
+    for job in Job.objects(wanted).only("id", "type", "status", "updatedAt").limit(limit):
+        if job.status == JobStatus.RUNNING:
+            assert running_cutoff is not None  # matched only with a running cutoff
+            cutoff = running_cutoff
+        else:
+            cutoff = queued_cutoff if job.type in drained else restart_cutoff
         moved = Job.objects(id=job.id, status=job.status, updatedAt__lt=cutoff).update_one(
             set__updatedAt=utcnow()
         )

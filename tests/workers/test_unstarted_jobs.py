@@ -1,6 +1,7 @@
 """A job whose task message a broker crash lost is sent again soon, not after ten minutes.
 
-Queued or running: a crash can lose the message of a job a worker had started too.
+Queued or running: a crash can lose the message of a job a worker had started too; a running
+one is sent again only once no live run could have left it unmoved that long.
 
 The chaos run (tests/chaos) proves it end to end with a real Redis crash and beat.
 """
@@ -24,16 +25,23 @@ def lost_card_job(age_seconds: float, status: JobStatus = JobStatus.QUEUED) -> J
     return job
 
 
-def test_a_job_never_started_before_a_broker_restart_is_sent_again_and_ends(
+#: The running jobs' threshold the beat task passes (a task's time limit, the longest backoff, a margin).
+RUNNING = timedelta(seconds=200)
+
+
+def test_a_job_whose_message_a_broker_restart_lost_is_sent_again_and_ends(
     payment_celery: Any, payment_worker: Any, api: ServedApp
 ) -> None:
     lost = lost_card_job(age_seconds=50)
     fresh = lost_card_job(age_seconds=1)
     # Started before the restart, its message (a retry, a redelivery) gone with the broker's last writes.
-    started = lost_card_job(age_seconds=50, status=JobStatus.RUNNING)
-    running = lost_card_job(age_seconds=10, status=JobStatus.RUNNING)  # moved since the restart: live
+    started = lost_card_job(age_seconds=250, status=JobStatus.RUNNING)
+    # Running for less than a live run can leave it unmoved: perhaps waiting for its retry.
+    retrying = lost_card_job(age_seconds=150, status=JobStatus.RUNNING)
     restarted = utcnow() - timedelta(seconds=20)
-    sent = jobs.requeue_unstarted(payment_celery, timedelta(seconds=45), broker_started_at=restarted)
+    sent = jobs.requeue_unstarted(
+        payment_celery, timedelta(seconds=45), broker_started_at=restarted, running_older_than=RUNNING
+    )
     assert sent >= 2
     for job in (lost, started):
         ended = wait_until(
@@ -44,13 +52,32 @@ def test_a_job_never_started_before_a_broker_restart_is_sent_again_and_ends(
         assert ended.status == JobStatus.SUCCEEDED, ended.error
         assert Card.objects(id=job.resourceId).count() == 1
     assert Job.objects.get(id=lost.id).attempts == 1
-    # Neither the young job nor the one running since the restart was sent.
+    # Neither the young job nor the one perhaps waiting for its retry was sent.
     assert Job.objects.get(id=fresh.id).status == JobStatus.QUEUED
-    assert Job.objects.get(id=running.id).attempts == 0
+    assert Job.objects.get(id=retrying.id).attempts == 0
     # A second sweep right away sends the young job no sooner than its own threshold.
-    jobs.requeue_unstarted(payment_celery, timedelta(seconds=45), broker_started_at=utcnow())
+    jobs.requeue_unstarted(
+        payment_celery, timedelta(seconds=45), broker_started_at=utcnow(), running_older_than=RUNNING
+    )
     assert Job.objects.get(id=fresh.id).status == JobStatus.QUEUED
-    for job in (fresh, running):
+    for job in (fresh, retrying):
+        Job.objects(id=job.id).delete()
+
+
+def test_a_job_moved_since_the_broker_restarted_is_not_sent_again(
+    payment_celery: Any, payment_worker: Any, documents: None
+) -> None:
+    """Queued or running, a job that moved after the restart was not in the lost second of writes."""
+    queued = lost_card_job(age_seconds=100)
+    running = lost_card_job(age_seconds=250, status=JobStatus.RUNNING)
+    restarted = utcnow() - timedelta(seconds=300)
+    # (Other tests' jobs in this database may be sent: these two are the ones that count.)
+    jobs.requeue_unstarted(
+        payment_celery, timedelta(seconds=45), broker_started_at=restarted, running_older_than=RUNNING
+    )
+    assert Job.objects.get(id=queued.id).updatedAt < utcnow() - timedelta(seconds=90)
+    assert Job.objects.get(id=running.id).updatedAt < utcnow() - timedelta(seconds=240)
+    for job in (queued, running):
         Job.objects(id=job.id).delete()
 
 
@@ -58,15 +85,21 @@ def test_a_job_waiting_in_a_long_queue_of_a_broker_that_did_not_restart_is_not_s
     payment_celery: Any, payment_worker: Any, documents: None
 ) -> None:
     waiting = lost_card_job(age_seconds=300)
+    running = lost_card_job(age_seconds=300, status=JobStatus.RUNNING)
     broker_up_since = utcnow() - timedelta(hours=1)
-    assert (
-        jobs.requeue_unstarted(payment_celery, timedelta(seconds=45), broker_started_at=broker_up_since) == 0
+    sent = jobs.requeue_unstarted(
+        payment_celery, timedelta(seconds=45), broker_started_at=broker_up_since, running_older_than=RUNNING
     )
+    assert sent == 0
     assert Job.objects.get(id=waiting.id).updatedAt < utcnow() - timedelta(seconds=250)
     # Unless the broker cannot say when it started: then age alone decides, for queued jobs only
     # (a running one may be waiting for its retry; the stale sweep takes it after ten minutes).
-    running = lost_card_job(age_seconds=300, status=JobStatus.RUNNING)
-    assert jobs.requeue_unstarted(payment_celery, timedelta(seconds=45), broker_started_at=None) >= 1
+    assert (
+        jobs.requeue_unstarted(
+            payment_celery, timedelta(seconds=45), broker_started_at=None, running_older_than=RUNNING
+        )
+        >= 1
+    )
     assert Job.objects.get(id=running.id).updatedAt < utcnow() - timedelta(seconds=250)
     Job.objects(id=running.id).delete()
     wait_until(lambda: Job.objects.get(id=waiting.id).ended, timeout=60, message="job ends")
@@ -78,3 +111,52 @@ def test_the_sweep_reads_the_brokers_start_time(payment_celery: Any) -> None:
     started = _broker_started_at(payment_celery)
     assert started is not None
     assert started < utcnow()
+
+
+def test_a_job_whose_message_a_killed_node_took_is_sent_again_once_its_queue_is_empty(
+    payment_celery: Any, payment_worker: Any, api: ServedApp
+) -> None:
+    """No broker restart: Redis handed the message to a node that was SIGKILLed before it recorded it.
+
+    The job stays queued with its message nowhere; once its queue holds no
+    message, it is not waiting behind others, so it is sent again.
+    """
+    lost = lost_card_job(age_seconds=50)
+    young = lost_card_job(age_seconds=1)
+    broker_up_since = utcnow() - timedelta(hours=1)
+    # Its queue not empty: perhaps waiting behind others; left alone.
+    jobs.requeue_unstarted(payment_celery, timedelta(seconds=45), broker_started_at=broker_up_since)
+    assert Job.objects.get(id=lost.id).updatedAt < utcnow() - timedelta(seconds=40)
+    sent = jobs.requeue_unstarted(
+        payment_celery,
+        timedelta(seconds=45),
+        broker_started_at=broker_up_since,
+        drained=frozenset({"card.add", "card.delete"}),
+    )
+    assert sent >= 1
+    ended = wait_until(
+        lambda: (job := Job.objects.get(id=lost.id)).ended and job, timeout=60, message="lost job ends"
+    )
+    assert ended.status == JobStatus.SUCCEEDED, ended.error
+    assert Card.objects(id=lost.resourceId).count() == 1
+    assert Job.objects.get(id=young.id).status == JobStatus.QUEUED
+    Job.objects(id=young.id).delete()
+
+
+def test_the_sweep_reads_which_queues_are_empty() -> None:
+    """On the real broker, under a key prefix of its own that no worker consumes."""
+    import uuid
+
+    from tests.environment import make_settings
+    from workers.app import create_celery
+    from workers.tasks.maintenance import drained_job_types
+
+    app = create_celery(make_settings(CELERY_KEY_PREFIX=f"drained-{uuid.uuid4().hex}:"))
+    assert drained_job_types(app) == frozenset(jobs.TASKS)
+    app.send_task("cards.add", args=["a job id"])
+    try:
+        assert drained_job_types(app) == frozenset({"payment.pay", "payment.delete"})
+    finally:
+        with app.connection_for_write() as connection:
+            connection.default_channel.queue_purge("cards")
+    assert drained_job_types(app) == frozenset(jobs.TASKS)

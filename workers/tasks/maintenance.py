@@ -18,6 +18,9 @@ from workers.app import PaymentTask
 #: harmless anyway: every job task is idempotent).
 STALE_AFTER_SECONDS = 600
 
+#: Beyond a task's time limit and its longest backoff, before a running job counts as lost.
+RUNNING_MARGIN_SECONDS = 20
+
 log = logging.getLogger(__name__)
 
 
@@ -39,11 +42,44 @@ def requeue_stale(self: PaymentTask, older_than_seconds: float = STALE_AFTER_SEC
 
 @shared_task(bind=True, name="jobs.requeue_unstarted", max_retries=0)
 def requeue_unstarted(self: PaymentTask) -> int:
-    """Run by beat every 20 s: jobs no worker started, whose message a broker restart may have lost."""
-    older_than = timedelta(seconds=self.settings.job_unstarted_requeue_seconds)
+    """Run by beat every 20 s: jobs whose message the broker may have lost.
+
+    Queued ones after JOB_UNSTARTED_REQUEUE_SECONDS, if the broker restarted
+    since or their queue is empty; running ones after a broker restart, once
+    no live run can have left them unmoved that long: a task's hard time
+    limit plus the longest retry backoff, plus a margin.
+    """
+    settings = self.settings
+    running = self.app.conf.task_time_limit + settings.task_retry_backoff_max_seconds + RUNNING_MARGIN_SECONDS
     return jobs.requeue_unstarted(
-        self.app, older_than, _broker_started_at(self.app), limit=self.settings.stale_sweep_batch
+        self.app,
+        timedelta(seconds=settings.job_unstarted_requeue_seconds),
+        _broker_started_at(self.app),
+        limit=settings.stale_sweep_batch,
+        running_older_than=timedelta(seconds=running),
+        drained=drained_job_types(self.app),
     )
+
+
+def drained_job_types(app: Celery) -> frozenset[str]:
+    """The job types whose queue holds no message now; none if the broker does not answer.
+
+    A job of such a type queued long ago is not waiting behind others: its
+    message was lost (a worker node killed as it took it).
+    """
+    queues = {
+        job_type: app.amqp.router.route({}, task)["queue"].name for job_type, task in jobs.TASKS.items()
+    }
+    try:
+        with app.connection_for_read() as connection:
+            channel = connection.default_channel
+            sizes = {
+                queue: channel.queue_declare(queue=queue).message_count for queue in set(queues.values())
+            }
+    except Exception:  # no answer: only a broker restart decides this run
+        log.warning("could not read the queues' lengths", exc_info=True)
+        return frozenset()
+    return frozenset(job_type for job_type, queue in queues.items() if sizes[queue] == 0)
 
 
 def _broker_started_at(app: Celery) -> datetime | None:

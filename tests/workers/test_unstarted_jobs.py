@@ -8,7 +8,7 @@ The chaos run (tests/chaos) proves it end to end with a real Redis crash and bea
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared.models import Card, Job, JobStatus
@@ -29,6 +29,23 @@ def lost_card_job(age_seconds: float, status: JobStatus = JobStatus.QUEUED) -> J
 RUNNING = timedelta(seconds=200)
 
 
+def sweep(celery: Any, broker_started_at: datetime | None, drained: frozenset[str] = frozenset()) -> int:
+    """One run of the sweep with the beat task's thresholds (45 s queued, 200 s running)."""
+    return jobs.requeue_unstarted(
+        celery,
+        timedelta(seconds=45),
+        broker_started_at=broker_started_at,
+        running_older_than=RUNNING,
+        drained=drained,
+    )
+
+
+def unmoved_for(job: Job, seconds: float) -> bool:
+    """The sweep did not touch the job (it would have moved ``updatedAt`` to now)."""
+    stored: Job = Job.objects.get(id=job.id)
+    return stored.updatedAt < utcnow() - timedelta(seconds=seconds)
+
+
 def test_a_job_whose_message_a_broker_restart_lost_is_sent_again_and_ends(
     payment_celery: Any, payment_worker: Any, api: ServedApp
 ) -> None:
@@ -39,9 +56,7 @@ def test_a_job_whose_message_a_broker_restart_lost_is_sent_again_and_ends(
     # Running for less than a live run can leave it unmoved: perhaps waiting for its retry.
     retrying = lost_card_job(age_seconds=150, status=JobStatus.RUNNING)
     restarted = utcnow() - timedelta(seconds=20)
-    sent = jobs.requeue_unstarted(
-        payment_celery, timedelta(seconds=45), broker_started_at=restarted, running_older_than=RUNNING
-    )
+    sent = sweep(payment_celery, restarted)
     assert sent >= 2
     for job in (lost, started):
         ended = wait_until(
@@ -56,9 +71,7 @@ def test_a_job_whose_message_a_broker_restart_lost_is_sent_again_and_ends(
     assert Job.objects.get(id=fresh.id).status == JobStatus.QUEUED
     assert Job.objects.get(id=retrying.id).attempts == 0
     # A second sweep right away sends the young job no sooner than its own threshold.
-    jobs.requeue_unstarted(
-        payment_celery, timedelta(seconds=45), broker_started_at=utcnow(), running_older_than=RUNNING
-    )
+    sweep(payment_celery, utcnow())
     assert Job.objects.get(id=fresh.id).status == JobStatus.QUEUED
     for job in (fresh, retrying):
         Job.objects(id=job.id).delete()
@@ -72,11 +85,9 @@ def test_a_job_moved_since_the_broker_restarted_is_not_sent_again(
     running = lost_card_job(age_seconds=250, status=JobStatus.RUNNING)
     restarted = utcnow() - timedelta(seconds=300)
     # (Other tests' jobs in this database may be sent: these two are the ones that count.)
-    jobs.requeue_unstarted(
-        payment_celery, timedelta(seconds=45), broker_started_at=restarted, running_older_than=RUNNING
-    )
-    assert Job.objects.get(id=queued.id).updatedAt < utcnow() - timedelta(seconds=90)
-    assert Job.objects.get(id=running.id).updatedAt < utcnow() - timedelta(seconds=240)
+    sweep(payment_celery, restarted)
+    assert unmoved_for(queued, 90)
+    assert unmoved_for(running, 240)
     for job in (queued, running):
         Job.objects(id=job.id).delete()
 
@@ -87,20 +98,13 @@ def test_a_job_waiting_in_a_long_queue_of_a_broker_that_did_not_restart_is_not_s
     waiting = lost_card_job(age_seconds=300)
     running = lost_card_job(age_seconds=300, status=JobStatus.RUNNING)
     broker_up_since = utcnow() - timedelta(hours=1)
-    sent = jobs.requeue_unstarted(
-        payment_celery, timedelta(seconds=45), broker_started_at=broker_up_since, running_older_than=RUNNING
-    )
+    sent = sweep(payment_celery, broker_up_since)
     assert sent == 0
-    assert Job.objects.get(id=waiting.id).updatedAt < utcnow() - timedelta(seconds=250)
+    assert unmoved_for(waiting, 250)
     # Unless the broker cannot say when it started: then age alone decides, for queued jobs only
     # (a running one may be waiting for its retry; the stale sweep takes it after ten minutes).
-    assert (
-        jobs.requeue_unstarted(
-            payment_celery, timedelta(seconds=45), broker_started_at=None, running_older_than=RUNNING
-        )
-        >= 1
-    )
-    assert Job.objects.get(id=running.id).updatedAt < utcnow() - timedelta(seconds=250)
+    assert sweep(payment_celery, None) >= 1
+    assert unmoved_for(running, 250)
     Job.objects(id=running.id).delete()
     wait_until(lambda: Job.objects.get(id=waiting.id).ended, timeout=60, message="job ends")
 
@@ -125,14 +129,9 @@ def test_a_job_whose_message_a_killed_node_took_is_sent_again_once_its_queue_is_
     young = lost_card_job(age_seconds=1)
     broker_up_since = utcnow() - timedelta(hours=1)
     # Its queue not empty: perhaps waiting behind others; left alone.
-    jobs.requeue_unstarted(payment_celery, timedelta(seconds=45), broker_started_at=broker_up_since)
-    assert Job.objects.get(id=lost.id).updatedAt < utcnow() - timedelta(seconds=40)
-    sent = jobs.requeue_unstarted(
-        payment_celery,
-        timedelta(seconds=45),
-        broker_started_at=broker_up_since,
-        drained=frozenset({"card.add", "card.delete"}),
-    )
+    sweep(payment_celery, broker_up_since)
+    assert unmoved_for(lost, 40)
+    sent = sweep(payment_celery, broker_up_since, drained=frozenset({"card.add", "card.delete"}))
     assert sent >= 1
     ended = wait_until(
         lambda: (job := Job.objects.get(id=lost.id)).ended and job, timeout=60, message="lost job ends"

@@ -38,35 +38,44 @@ PAYMENTS = 50
 
 def seed(units: int) -> list[str]:
     """Charged payments of one product each, with ``units`` refundable units of 0.01."""
+    return charged_payments(PAYMENTS, units)
+
+
+def charged_payments(count: int, units: int) -> list[str]:
+    """``count`` charged payments of ``units`` units of 0.01 (product ``u``), each on its own card (0.00).
+
+    Stored as a charge leaves them (with their token), without a checkout or
+    a job: for runs and tests that need many refundable payments quickly.
+    """
     from shared.models import Card, Payment, PaymentProduct, PaymentState
     from shared.services import payment_tokens
 
     ids = []
-    for _ in range(PAYMENTS):
+    for _ in range(count):
         card = Card(
             cardUserId=str(ObjectId()),
-            cardHolderName="Bench",
-            fingerprint=uuid.uuid4().hex,
+            cardHolderName="A B",
+            fingerprint=f"charged:{uuid.uuid4().hex}",
             last4="4242",
             brand="visa",
             expireDate="12/39",
             money=Decimal("0.00"),
         )
-        card.save()
+        card.save(force_insert=True)
         payment = Payment(
             userId=card.cardUserId,
             checkoutId=str(ObjectId()),
             creditCardId=str(card.id),
             products=[PaymentProduct(productId="u", quantity=units, price=Decimal("0.01"))],
             totalPrice=Decimal(units) / 100,
-            cardHolderName="Bench",
+            cardHolderName="A B",
             cardNumber="************4242",
             expireDate="12/39",
             state=PaymentState.CHARGED,
             paymentStatus=True,
             jobId=str(ObjectId()),
         )
-        payment.save()
+        payment.save(force_insert=True)
         payment_tokens.migrate(payment)  # as a charge leaves it: with its token
         ids.append(str(payment.id))
     return ids

@@ -143,42 +143,7 @@ def jobs_of(mongo: Database[dict[str, Any]], user_id: str) -> int:
 
 
 def charged_payments(count: int, units: int = 100) -> list[str]:
-    """Charged payments of ``units`` units of 0.01 (product ``u``), each on a card of its own (0.00).
+    """Charged payments of ``units`` units of 0.01, each on a card of its own: the bench's seeding."""
+    from bench.refund_throughput import charged_payments as stored
 
-    Stored as a charge leaves them (with their token), without a checkout
-    or a job: for refund tests that need many payments quickly.
-    """
-    import uuid
-
-    from shared.models import Card, Payment, PaymentProduct, PaymentState
-    from shared.services import payment_tokens
-
-    ids = []
-    for _ in range(count):
-        card = Card(
-            cardUserId=str(ObjectId()),
-            cardHolderName="A B",
-            fingerprint=f"charged:{uuid.uuid4().hex}",
-            last4="4242",
-            brand="visa",
-            expireDate="12/39",
-            money=Decimal("0.00"),
-        )
-        card.save(force_insert=True)
-        payment = Payment(
-            userId=card.cardUserId,
-            checkoutId=str(ObjectId()),
-            creditCardId=str(card.id),
-            products=[PaymentProduct(productId="u", quantity=units, price=Decimal("0.01"))],
-            totalPrice=Decimal(units) / 100,
-            cardHolderName="A B",
-            cardNumber="************4242",
-            expireDate="12/39",
-            state=PaymentState.CHARGED,
-            paymentStatus=True,
-            jobId=str(ObjectId()),
-        )
-        payment.save(force_insert=True)
-        payment_tokens.migrate(payment)
-        ids.append(str(payment.id))
-    return ids
+    return stored(count, units)

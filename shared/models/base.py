@@ -14,6 +14,13 @@ def utcnow() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+def as_utc(at: datetime | None) -> datetime | None:
+    """A stored time as an aware UTC datetime (a naive one is UTC, as MongoDB stores them)."""
+    if at is not None and at.tzinfo is None:
+        return at.replace(tzinfo=UTC)
+    return at
+
+
 class TimestampedDocument(Document):
     meta: ClassVar[dict[str, Any]] = {"abstract": True}
 

@@ -17,6 +17,10 @@ class JobStatus(StrEnum):
     FAILED = "failed"
 
 
+#: The statuses a job never leaves.
+ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
 class Job(TimestampedDocument):
     """Written before its task is sent; only the worker moves it on.
 
@@ -71,7 +75,7 @@ class Job(TimestampedDocument):
 
     @property
     def ended(self) -> bool:
-        return self.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+        return self.status in ENDED
 
 
 def status_key(job_id: object, status: str) -> str:

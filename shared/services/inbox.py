@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from pymongo import UpdateOne
 
 from shared.models import RefundEvent, status_key, update_by_status
-from shared.models.base import utcnow
+from shared.models.base import as_utc, utcnow
 from shared.services.jobs import TaskSender
 
 log = logging.getLogger(__name__)
@@ -98,18 +98,11 @@ def begin_batch(event_ids: Iterable[str]) -> set[str]:
     rows = list(RefundEvent._get_collection().find({"_id": {"$in": ids}}, {"status": 1, "updatedAt": 1}))
     settled = {row["_id"] for row in rows if row.get("status") != "received"}
     cutoff = utcnow() - TOUCH_AFTER
-    recent = {row["_id"] for row in rows if _aware(row.get("updatedAt")) > cutoff}
+    recent = {row["_id"] for row in rows if (as_utc(row.get("updatedAt")) or cutoff) > cutoff}
     open_ = [i for i in ids if i not in settled and i not in recent]
     if open_:
         RefundEvent._get_collection().update_many({"_id": {"$in": open_}}, {"$set": {"updatedAt": utcnow()}})
     return settled
-
-
-def _aware(at: datetime | None) -> datetime:
-    """A stored time as an aware UTC datetime (the oldest possible if there is none)."""
-    if at is None:
-        return datetime.min.replace(tzinfo=UTC)
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def settle_many(event_ids: list[str], status: str) -> None:

@@ -29,7 +29,7 @@ from shared.errors import (
     TooManyOpenJobs,
 )
 from shared.logs import log_context
-from shared.models import IdempotencyRecord, Job, JobStatus, open_slot, status_key, update_by_status
+from shared.models import ENDED, IdempotencyRecord, Job, JobStatus, open_slot, status_key, update_by_status
 from shared.models.base import utcnow
 from shared.principal import Principal
 from shared.services.views import Deleted, JobResult, to_bson
@@ -192,7 +192,7 @@ def _free_slots(owner: str, open_limit: int) -> list[int]:
     held = set()
     found = Job._get_collection().find({"openSlot": {"$in": slots}}, {"openSlot": 1, "status": 1})
     for job in found:
-        if job.get("status") in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        if job.get("status") in ENDED:
             Job.objects(openSlot=job["openSlot"]).update_one(unset__openSlot=True)
         else:
             held.add(job["openSlot"])
@@ -254,7 +254,7 @@ def move(job_id: object, from_statuses: list[JobStatus], to: JobStatus, **change
     A job that ends releases its open-job slot in the same update.
     """
     changes = {"set__status": to, "set__statusKey": status_key(job_id, to), **changes}
-    if to in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+    if to in ENDED:
         changes["unset__openSlot"] = True
     return update_by_status(Job, job_id, list(from_statuses), **changes)
 
@@ -448,9 +448,10 @@ def purge_expired(limit: int) -> int:
     jobs carry ``expiresAt``; a job reopened meanwhile has lost it.
     """
     now = utcnow()
-    ended = [JobStatus.SUCCEEDED, JobStatus.FAILED]
-    expired = [job.id for job in Job.objects(expiresAt__lt=now, status__in=ended).only("id").limit(limit)]
+    expired = [
+        job.id for job in Job.objects(expiresAt__lt=now, status__in=list(ENDED)).only("id").limit(limit)
+    ]
     if not expired:
         return 0
-    deleted: int = Job.objects(id__in=expired, expiresAt__lt=now, status__in=ended).delete()
+    deleted: int = Job.objects(id__in=expired, expiresAt__lt=now, status__in=list(ENDED)).delete()
     return deleted

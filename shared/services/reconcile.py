@@ -28,7 +28,7 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -36,7 +36,7 @@ from bson.decimal128 import Decimal128
 from pymongo.database import Database
 
 from shared.models import PaymentState
-from shared.models.base import utcnow
+from shared.models.base import as_utc, utcnow
 
 #: Changes younger than this are taken as in flight (an operation between its steps).
 DEFAULT_GRACE_SECONDS = 60.0
@@ -95,12 +95,6 @@ def _amount(value: Any) -> Decimal:
     return Decimal(value if value is not None else 0).quantize(Decimal("0.01"))
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 # -- the pure checks: one card, one payment -----------------------------------
 
 
@@ -118,7 +112,7 @@ def check_card(card: Doc, entries: list[Doc], cutoff: datetime, summary: Summary
     if not openings:
         summary.cardsWithoutOpening += 1
         return found
-    if (_aware(card.get("updatedAt")) or cutoff) > cutoff:
+    if (as_utc(card.get("updatedAt")) or cutoff) > cutoff:
         summary.inFlight += 1
         return found
     opening = sum((_amount(e["amount"]) for e in openings), ZERO)
@@ -173,7 +167,7 @@ def _check_charge(payment: Doc, debits: list[Doc], cutoff: datetime, summary: Su
             detail = f"debit on card {debit.get('cardId')}, payment's card {payment.get('creditCardId')}"
             found.append(Discrepancy("debit_on_wrong_card", entry, detail))
     if not payment.get("acceptedEventPublished"):
-        if (_aware(payment.get("updatedAt")) or cutoff) <= cutoff:
+        if (as_utc(payment.get("updatedAt")) or cutoff) <= cutoff:
             found.append(Discrepancy("accepted_event_not_published", ids, "charged, accepted event not sent"))
         else:
             summary.inFlight += 1  # the outbox sweep sends it within seconds
@@ -197,7 +191,7 @@ def _check_refunds(
         refund_ids = {**ids, "eventId": event_id}
         credit = credits.pop(f"credit:{event_id}", None)
         if credit is None:
-            if refund.get("credited") or (_aware(refund.get("at")) or cutoff) <= cutoff:
+            if refund.get("credited") or (as_utc(refund.get("at")) or cutoff) <= cutoff:
                 found.append(
                     Discrepancy("refund_not_credited", refund_ids, f"refund {amount}, no credit entry")
                 )

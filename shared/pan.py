@@ -142,8 +142,10 @@ def mask(last4: str) -> str:
 # with a short integer part ("0.0045238999", "12.5") is a quantity, not a card
 # number, and is left alone: that keeps task runtimes and amounts readable.
 
-#: Digit groups and what joins them.
-_DIGIT_RUN = re.compile(r"[0-9]+(?:(?: {1,3}|[.\-])[0-9]+)*")
+#: Digit groups and what joins them; only where twelve characters of digits
+#: and separators follow (a shorter run cannot hold a card number), so that
+#: the short numbers of every log line (ids, times, amounts) cost no call.
+_DIGIT_RUN = re.compile(r"(?=[0-9][0-9 .\-]{11})[0-9]+(?:(?: {1,3}|[.\-])[0-9]+)*")
 _GROUP = re.compile(r"[0-9]+")
 #: A number in exponent form, as JSON or Python write a large float
 #: ("4.242424242424242e15").
@@ -174,6 +176,8 @@ def _mask_run(run: str) -> str:
     stretch keeps its last four digits; the scan goes on from the group that
     holds them, so digits kept visible can never complete another number.
     """
+    if len(run) < _MIN_PAN:  # too short to hold a card number's digits
+        return run
     groups = [(m.start(), m.end()) for m in _GROUP.finditer(run)]
     if sum(end - start for start, end in groups) < _MIN_PAN:
         return run

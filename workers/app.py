@@ -49,6 +49,19 @@ class PaymentCelery(Celery):
 
     settings: Settings
 
+    def send_task(self, name: str, *args: Any, **options: Any) -> Any:
+        """Send as Celery does, keeping no result unless the caller asks for one.
+
+        Celery's own ``send_task`` ignores ``task_ignore_result``: with a result
+        backend configured, the sender subscribes to every task's result
+        channel, one Redis SUBSCRIBE per job, held until the process ends.
+        Nothing of ours reads a job's result from Celery (the job document is
+        its result), so a send keeps none unless told ``ignore_result=False``
+        (``system.ping``, whose answer operators and tests read).
+        """
+        options.setdefault("ignore_result", self.conf.task_ignore_result)
+        return super().send_task(name, *args, **options)
+
 
 class PaymentTask(Task):
     """Base of every task: process context and the shared delivery defaults.

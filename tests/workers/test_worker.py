@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
+import redis
 
 from tests.environment import start_worker, stop_worker
 from tests.support import wait_until
@@ -13,9 +15,25 @@ from tests.support import wait_until
 def test_a_worker_process_runs_a_task_sent_by_name(payment_celery, payment_worker) -> None:
     import os
 
-    result = payment_celery.send_task("system.ping").get(timeout=20)
+    result = payment_celery.send_task("system.ping", ignore_result=False).get(timeout=20)
     assert result["pong"] is True
     assert result["pid"] != os.getpid()
+
+
+def test_a_sent_job_leaves_its_sender_subscribed_to_no_result_channel(payment_celery, payment_worker) -> None:
+    """Celery's own send subscribes the sender to each task's result: one Redis channel per job, forever."""
+
+    def subscribers(result: Any) -> int:
+        channel = payment_celery.backend.get_key_for_task(result.id).decode()
+        with redis.Redis.from_url(payment_celery.settings.broker_url) as client:
+            return int(dict(client.pubsub_numsub(channel))[channel.encode()])
+
+    jobs_send = payment_celery.send_task("system.ping")
+    asked = payment_celery.send_task("system.ping", ignore_result=False)
+    assert subscribers(jobs_send) == 0
+    # The same count for a send that asks for its result: the check can see a subscription.
+    assert subscribers(asked) == 1
+    assert asked.get(timeout=20)["pong"] is True
 
 
 @pytest.mark.slow

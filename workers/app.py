@@ -19,6 +19,7 @@ from shared.models import Job
 from shared.services import inbox, jobs
 from shared.services.views import JobResult
 from shared.settings import Settings, load_settings
+from workers import broker
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +334,10 @@ def create_celery(settings: Settings | None = None) -> PaymentCelery:
         broker_transport_options=transport_options,
         result_backend_transport_options=dict(transport_options),
     )
+    if settings.broker_url.startswith("redis://"):
+        # kombu's Redis transport reusing its client objects (workers.broker);
+        # a rediss:// URL keeps kombu's own, which reads its TLS from the scheme.
+        app.conf.broker_transport = broker.TRANSPORT
     # The command line's --pool and --concurrency win over these.
     app.conf.worker_pool = settings.worker_pool
     if settings.worker_concurrency is not None:

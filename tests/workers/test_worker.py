@@ -10,6 +10,7 @@ import redis
 
 from tests.environment import start_worker, stop_worker
 from tests.support import wait_until
+from workers import broker
 
 
 def test_a_worker_process_runs_a_task_sent_by_name(payment_celery, payment_worker) -> None:
@@ -34,6 +35,22 @@ def test_a_sent_job_leaves_its_sender_subscribed_to_no_result_channel(payment_ce
     # The same count for a send that asks for its result: the check can see a subscription.
     assert subscribers(asked) == 1
     assert asked.get(timeout=20)["pong"] is True
+
+
+def test_the_broker_channel_builds_one_client_for_its_pool_and_a_new_one_for_a_new_pool(
+    payment_celery,
+) -> None:
+    with payment_celery.connection_for_write() as connection:
+        channel = connection.default_channel
+        assert isinstance(channel, broker.Channel)
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second
+            assert first.ping()
+        channel._pool = None  # what kombu does to a channel's pool on a lost connection
+        with channel.conn_or_acquire() as third:
+            assert third is not first
+            assert third.connection_pool is channel.pool
+            assert third.ping()
 
 
 @pytest.mark.slow

@@ -34,6 +34,12 @@ TASK_MODULES = [
 ]
 
 
+#: Tasks whose answer is kept (``ignore_result=False`` on the task): operators
+#: read ``system.ping``'s (``celery call``, Flower).  The process that sends a
+#: task need not have registered it, so the set is written here;
+#: tests/workers/test_worker.py checks it against the registered tasks.
+KEEPS_RESULT = frozenset({"system.ping"})
+
 #: The work of one Kafka event, and what tells whether its refund is recorded.
 EventWork = tuple[Callable[[], Any], Callable[[], bool]]
 
@@ -57,10 +63,11 @@ class PaymentCelery(Celery):
         backend configured, the sender subscribes to every task's result
         channel, one Redis SUBSCRIBE per job, held until the process ends.
         Nothing of ours reads a job's result from Celery (the job document is
-        its result), so a send keeps none unless told ``ignore_result=False``
-        (``system.ping``, whose answer operators and tests read).
+        its result), so a send keeps none, unless the task keeps its answer
+        (:data:`KEEPS_RESULT`) or the caller says ``ignore_result=False``.
+        The flag travels in the message: the worker stores the result or not.
         """
-        options.setdefault("ignore_result", self.conf.task_ignore_result)
+        options.setdefault("ignore_result", name not in KEEPS_RESULT)
         return super().send_task(name, *args, **options)
 
 
@@ -334,10 +341,8 @@ def create_celery(settings: Settings | None = None) -> PaymentCelery:
         broker_transport_options=transport_options,
         result_backend_transport_options=dict(transport_options),
     )
-    if settings.broker_url.startswith("redis://"):
-        # kombu's Redis transport reusing its client objects (workers.broker);
-        # a rediss:// URL keeps kombu's own, which reads its TLS from the scheme.
-        app.conf.broker_transport = broker.TRANSPORT
+    # kombu's Redis transport reusing its client objects, under kombu's own names.
+    broker.install()
     # The command line's --pool and --concurrency win over these.
     app.conf.worker_pool = settings.worker_pool
     if settings.worker_concurrency is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kombu import transport as kombu_transport
 from kombu.transport import redis as kombu_redis
 
 
@@ -38,5 +39,20 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-#: The ``broker_transport`` setting that selects this transport.
+#: This transport, as kombu names a class.
 TRANSPORT = f"{__name__}:Transport"
+#: kombu's names of its Redis transport (``rediss`` is how kombu knows to use TLS).
+ALIASES = ("redis", "rediss")
+
+
+def install() -> None:
+    """Make kombu's ``redis`` and ``rediss`` transports this one, in this process.
+
+    By kombu's own names, not a ``broker_transport`` class path: the URL a
+    connection prints (``as_uri``), which Flower reads to find the broker's
+    kind, stays ``redis://``; a failover URL resolves the same way; and
+    ``rediss`` still turns TLS on.  Idempotent.
+    """
+    for alias in ALIASES:
+        kombu_transport.TRANSPORT_ALIASES[alias] = TRANSPORT
+        kombu_transport._transport_cache.pop(alias, None)  # a name resolved before this

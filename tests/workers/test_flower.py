@@ -43,6 +43,11 @@ def test_flower_lists_the_live_workers_to_an_authenticated_operator(payment_work
             message="Flower lists this run's worker",
         )
         assert listed == [n for n in listed if RUN_ID in n]
+        # Flower finds the broker's kind from its URL's scheme (redis://) to read the queues.
+        lengths = requests.get(f"http://127.0.0.1:{port}/api/queues/length", auth=auth, timeout=10)
+        assert lengths.status_code == 200, lengths.text
+        names = {queue["name"] for queue in lengths.json()["active_queues"]}
+        assert {"payments", "cards", "refunds", "maintenance"} <= names, names
         assert requests.get(url, timeout=10).status_code == 401
         assert requests.get(url, auth=("admin", "wrong"), timeout=10).status_code == 401
     finally:

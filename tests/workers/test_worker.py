@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 import redis
+from kombu import Connection
 
 from tests.environment import start_worker, stop_worker
 from tests.support import wait_until
 from workers import broker
+from workers.app import KEEPS_RESULT
 
 
 def test_a_worker_process_runs_a_task_sent_by_name(payment_celery, payment_worker) -> None:
@@ -29,28 +31,47 @@ def test_a_sent_job_leaves_its_sender_subscribed_to_no_result_channel(payment_ce
         with redis.Redis.from_url(payment_celery.settings.broker_url) as client:
             return int(dict(client.pubsub_numsub(channel))[channel.encode()])
 
-    jobs_send = payment_celery.send_task("system.ping")
-    asked = payment_celery.send_task("system.ping", ignore_result=False)
-    assert subscribers(jobs_send) == 0
-    # The same count for a send that asks for its result: the check can see a subscription.
-    assert subscribers(asked) == 1
-    assert asked.get(timeout=20)["pong"] is True
+    job = payment_celery.send_task("outbox.publish_accepted")
+    ping = payment_celery.send_task("system.ping")
+    assert subscribers(job) == 0
+    # A task that keeps its answer still gets it: the check can see a subscription.
+    assert subscribers(ping) == 1
+    assert ping.get(timeout=20)["pong"] is True
+
+
+def test_the_tasks_that_keep_their_answer_are_the_ones_senders_keep_it_for(payment_celery) -> None:
+    payment_celery.loader.import_default_modules()
+    keeping = {
+        name
+        for name, task in payment_celery.tasks.items()
+        if not name.startswith("celery.") and not task.ignore_result
+    }
+    assert keeping == KEEPS_RESULT
 
 
 def test_the_broker_channel_builds_one_client_for_its_pool_and_a_new_one_for_a_new_pool(
     payment_celery,
 ) -> None:
     with payment_celery.connection_for_write() as connection:
+        # kombu's own name: Flower reads the broker's kind from this URL.
+        assert connection.as_uri().startswith("redis://")
         channel = connection.default_channel
         assert isinstance(channel, broker.Channel)
         with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
             assert first is second
             assert first.ping()
-        channel._pool = None  # what kombu does to a channel's pool on a lost connection
+        channel._disconnect_pools()  # what kombu does on a lost connection
         with channel.conn_or_acquire() as third:
             assert third is not first
             assert third.connection_pool is channel.pool
             assert third.ping()
+
+
+def test_a_rediss_url_gets_the_same_channel_and_keeps_tls() -> None:
+    broker.install()
+    connection = Connection("rediss://127.0.0.1:6390/0")
+    assert connection.get_transport_cls() is broker.Transport
+    assert connection.ssl  # kombu turns TLS on by the scheme's name
 
 
 @pytest.mark.slow

@@ -109,6 +109,6 @@ def stop_worker(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> Non
 def pings(celery: object) -> bool:
     """Whether a worker of this app answers ``system.ping`` (which reaches MongoDB too)."""
     try:
-        return bool(celery.send_task("system.ping", ignore_result=False).get(timeout=2)["pong"])  # type: ignore[attr-defined]
+        return bool(celery.send_task("system.ping").get(timeout=2)["pong"])  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - not up yet
         return False

@@ -18,7 +18,7 @@ from workers.app import KEEPS_RESULT
 def test_a_worker_process_runs_a_task_sent_by_name(payment_celery, payment_worker) -> None:
     import os
 
-    result = payment_celery.send_task("system.ping", ignore_result=False).get(timeout=20)
+    result = payment_celery.send_task("system.ping").get(timeout=20)
     assert result["pong"] is True
     assert result["pid"] != os.getpid()
 

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from mongoengine import DateTimeField, DictField, Document, IntField, StringField
 
-from shared.models.base import TimestampedDocument
+from shared.models.base import TimestampedDocument, update_one
 
 
 class JobStatus(StrEnum):
@@ -96,7 +96,7 @@ def update_by_status(
     instead (a scan on the local server, once: ``changes`` carry its key).
     """
     keys = [status_key(doc_id, status) for status in from_statuses]
-    if document.objects(statusKey__in=keys).update_one(**changes):
+    if update_one(document, {"statusKey__in": keys}, **changes):
         return True
     legacy = document.objects(id=doc_id).only("statusKey").first()
     if legacy is None or legacy.statusKey is not None:

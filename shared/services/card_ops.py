@@ -29,7 +29,7 @@ from mongoengine.queryset import transform
 from pymongo import UpdateOne
 
 from shared.models import Card
-from shared.models.base import utcnow
+from shared.models.base import find_one, update_one, utcnow
 
 #: Decisions re-read and retried when other operations keep moving the card.
 MAX_ATTEMPTS = 200
@@ -41,7 +41,7 @@ DECISION_FIELDS = ("version", "money", "deletedAt", "inflight")
 
 def read(card_id: str) -> Card | None:
     """What a decision depends on (never the legacy marker lists)."""
-    return Card.objects(id=card_id).only(*DECISION_FIELDS).first()
+    return find_one(Card, {"id": card_id}, *DECISION_FIELDS)
 
 
 def read_many(card_ids: list[str], *more: str) -> dict[str, Card]:
@@ -82,10 +82,14 @@ def decide_many(
     The operations are applied together or not at all (one conditional
     update): several credits of one card in a refund batch, say.
     """
-    updated = Card.objects(
-        id=card.id, version=card.version, inflight__nin=[*names, *excludes], **(filters or {})
-    ).update_one(push_all__inflight=list(names), inc__version=1, set__updatedAt=utcnow(), **(changes or {}))
-    return bool(updated)
+    return update_one(
+        Card,
+        {"id": card.id, "version": card.version, "inflight__nin": [*names, *excludes], **(filters or {})},
+        push_all__inflight=list(names),
+        inc__version=1,
+        set__updatedAt=utcnow(),
+        **(changes or {}),
+    )
 
 
 def decide_op(
@@ -113,6 +117,6 @@ def settle_op(card_id: str, names: list[str]) -> UpdateOne:
 
 def settle(card_id: str, *names: str) -> None:
     """Forget settled operations; call only once their outcome is recorded elsewhere."""
-    Card.objects(id=card_id, inflight__in=list(names)).update_one(
-        pull_all__inflight=list(names), inc__version=1
+    update_one(
+        Card, {"id": card_id, "inflight__in": list(names)}, pull_all__inflight=list(names), inc__version=1
     )

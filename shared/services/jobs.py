@@ -30,7 +30,7 @@ from shared.errors import (
 )
 from shared.logs import log_context
 from shared.models import ENDED, IdempotencyRecord, Job, JobStatus, open_slot, status_key, update_by_status
-from shared.models.base import utcnow
+from shared.models.base import find_one, find_one_and_update, utcnow
 from shared.principal import Principal
 from shared.services.views import Deleted, JobResult, to_bson
 
@@ -228,7 +228,7 @@ def get_job(principal: Principal, job_id: str) -> Job:
     One read by ``_id`` of the fields the answer shows: a poll is the most
     frequent request of all.
     """
-    job = Job.objects(id=job_id).only(*VIEW_FIELDS).first()
+    job = find_one(Job, {"id": job_id}, *VIEW_FIELDS)
     if job is None or not (principal.is_admin or principal.owns(job.ownerId)):
         raise JobNotFound(f"No job {job_id}.")
     return job
@@ -268,8 +268,9 @@ def start(job_id: str) -> Job | None:
     image is not a snapshot).
     """
     keys = [status_key(job_id, status) for status in (JobStatus.QUEUED, JobStatus.RUNNING)]
-    job: Job | None = Job.objects(statusKey__in=keys).modify(
-        new=True,
+    job = find_one_and_update(
+        Job,
+        {"statusKey__in": keys},
         set__status=JobStatus.RUNNING,
         set__statusKey=status_key(job_id, JobStatus.RUNNING),
         inc__attempts=1,

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.models import Payment, PaymentToken
-from shared.models.base import utcnow
+from shared.models.base import find_one, update_one, utcnow
 
 #: How often a decision is re-read and retried when other writes moved the token.
 MAX_ATTEMPTS = 50
@@ -30,13 +30,13 @@ MAX_ATTEMPTS = 50
 
 def read(payment_id: Any, *fields: str) -> tuple[Payment, PaymentToken] | None:
     """The payment (only ``fields`` and the token, if given) and its token; None if there is none."""
-    query = Payment.objects(id=payment_id)
-    payment = (query.only("token", *fields) if fields else query).first()
+    only = ("token", *fields) if fields else ()
+    payment = find_one(Payment, {"id": payment_id}, *only)
     if payment is None:
         return None
     if payment.token is None:
-        migrate(Payment.objects(id=payment_id).first() if fields else payment)
-        payment = (query.only("token", *fields) if fields else query).first()
+        migrate(find_one(Payment, {"id": payment_id}) if fields else payment)
+        payment = find_one(Payment, {"id": payment_id}, *only)
         if payment is None or payment.token is None:  # pragma: no cover - a payment is never removed
             return None
     return payment, PaymentToken.load(payment.token)
@@ -58,7 +58,11 @@ def write(token: PaymentToken, new: PaymentToken, *, now: datetime | None = None
 
     ``updatedAt`` becomes ``now`` (the current time if not given).
     """
-    updated = Payment.objects(token=token.dump()).update_one(
-        set__token=new.dump(), set__version=new.version, set__updatedAt=now or utcnow(), **changes
+    return update_one(
+        Payment,
+        {"token": token.dump()},
+        set__token=new.dump(),
+        set__version=new.version,
+        set__updatedAt=now or utcnow(),
+        **changes,
     )
-    return bool(updated)

@@ -53,7 +53,7 @@ from shared.models import (
     PaymentState,
     PaymentToken,
 )
-from shared.models.base import utcnow
+from shared.models.base import find_one, utcnow
 from shared.money import money
 from shared.pan import mask
 from shared.principal import Principal
@@ -141,7 +141,7 @@ def _claim(
     if not checkout.isActive:
         raise AlreadyPaid("This checkout is no longer active: it was already paid.")
     # By _id alone (an index), the owner and the deletion checked here.
-    card = Card.objects(id=card_id).only("cardUserId", *_CLAIM_CARD_FIELDS).first()
+    card = find_one(Card, {"id": card_id}, "cardUserId", *_CLAIM_CARD_FIELDS)
     if card is None or card.cardUserId != owner or card.deletedAt is not None:
         raise CardNotFound(f"No card {card_id}.")
     if is_expired(card.expireDate, datetime.now(UTC).date()):
@@ -343,7 +343,7 @@ def _record_and_mark_charged(payment: Payment, job_id: str) -> bool:
 def visible_payment(principal: Principal, payment_id: str) -> Payment:
     """A charged, live payment the caller may see; anything else is not found."""
     # By _id alone (an index); the state and the deletion are checked here.
-    payment = Payment.objects(id=payment_id).first()
+    payment = find_one(Payment, {"id": payment_id})
     if payment is None or payment.state != PaymentState.CHARGED or payment.deletedAt is not None:
         raise PaymentNotFound(f"No payment {payment_id}.")
     if not (principal.reads_all_payments or principal.owns(payment.userId)):

@@ -59,18 +59,18 @@ class _Sent:
 
 @contextlib.contextmanager
 def instrumented(counter: CommandCounter) -> Iterator[None]:
-    """Time every HTTP request (requests) and Kafka send and acknowledgement of this process."""
+    """Time every HTTP exchange (urllib3) and Kafka send and acknowledgement of this process."""
     from kafka import KafkaProducer
     from kafka.producer.future import FutureRecordMetadata
-    from requests.adapters import HTTPAdapter
+    from urllib3.connectionpool import HTTPConnectionPool
 
-    originals = [(HTTPAdapter, "send"), (KafkaProducer, "send"), (FutureRecordMetadata, "get")]
+    originals = [(HTTPConnectionPool, "urlopen"), (KafkaProducer, "send"), (FutureRecordMetadata, "get")]
     saved = [getattr(cls, name) for cls, name in originals]
     http_send, kafka_send, kafka_get = saved
 
-    def timed_http(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-        with counter.span("http", f"HTTP {request.method} checkout"):
-            return http_send(self, request, *args, **kwargs)
+    def timed_http(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        with counter.span("http", f"HTTP {method} checkout"):
+            return http_send(self, method, url, *args, **kwargs)
 
     def timed_send(self: Any, *args: Any, **kwargs: Any) -> Any:
         with counter.span("kafka", "kafka send"):

@@ -96,6 +96,8 @@ class RefundBridge:
             # stop leaves the group at once); heartbeats stay well inside it.
             session_timeout_ms=settings.bridge_session_timeout_ms,
             heartbeat_interval_ms=min(3000, settings.bridge_session_timeout_ms // 3),
+            # Read by nothing here (shared.kafka.producer says why it is off).
+            metrics_enabled=False,
         )
         self.stopping = stopping or threading.Event()
         #: Topic name -> the id Kafka gave it when it was created (KIP-516).

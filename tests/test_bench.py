@@ -130,16 +130,18 @@ def test_step_breakdown_is_in_code_order_with_the_rest_and_the_total() -> None:
         [_command("find", "jobs", 0.001, 1.0), _command("HTTP GET checkout", "", 0.004, 2.0, "http")],
         [_command("find", "jobs", 0.003, 1.0), _command("HTTP GET checkout", "", 0.002, 2.0, "http")],
     ]
-    step = Step("charge task", [0.010, 0.010], runs)
+    step = Step("charge task", [0.010, 0.010], runs, cpu=[0.004, 0.006])
     rows = step.breakdown()
     assert [r[0].strip() for r in rows] == [
         "1 find jobs",
         "2 HTTP GET checkout",
         "python and the rest",
         "total",
+        "CPU of the service's code (this thread)",
     ]
     assert rows[0][1] == pytest.approx(0.002)
     assert rows[2][1] == pytest.approx(0.005)
+    assert rows[4][1] == pytest.approx(0.005)
     assert step.round_trips() == 1  # the HTTP call is not a database round trip
     assert step.counts() == {"find jobs": 1}
 

@@ -1,7 +1,7 @@
 """A worker node on the threads pool (WORKER_POOL=threads) charges exactly once, as prefork does.
 
 The threads of one process share its module state (the database connection,
-the Kafka producer, the checkout session, the accepted-event publisher), so
+the Kafka producer, the checkout connection pool, the accepted-event publisher), so
 the races of tests/web/test_payments.py run again here against one node of
 8 threads, on a broker prefix of its own, so that no prefork worker of the
 session can take a task.

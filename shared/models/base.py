@@ -49,7 +49,7 @@ D = TypeVar("D", bound=Document)
 
 def find_one(document: type[D], filters: dict[str, Any], *only: str) -> D | None:
     """``document.objects(**filters).only(*only).first()`` (every field without ``only``)."""
-    projection = {document._fields[name].db_field: 1 for name in only} or None
+    projection = {document._translate_field_name(name): 1 for name in only} or None
     found = document._get_collection().find_one(transform.query(document, **filters), projection)
     return None if found is None else document._from_son(found)
 

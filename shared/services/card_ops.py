@@ -84,7 +84,8 @@ def decide_many(
     """
     return update_one(
         Card,
-        {"id": card.id, "version": card.version, "inflight__nin": [*names, *excludes], **(filters or {})},
+        # The guards last: no caller's filter can stand in for them.
+        {**(filters or {}), "id": card.id, "version": card.version, "inflight__nin": [*names, *excludes]},
         push_all__inflight=list(names),
         inc__version=1,
         set__updatedAt=utcnow(),

@@ -10,13 +10,14 @@ number); a test names only the fields it is about:
 from __future__ import annotations
 
 import random
+from decimal import Decimal
 from typing import Any
 
 import factory
 from bson import ObjectId
 from factory.mongoengine import MongoEngineFactory
 
-from shared.models import Job, JobStatus
+from shared.models import Card, Job, JobStatus
 from shared.pan import luhn_valid
 
 
@@ -93,3 +94,20 @@ class JobFactory(MongoEngineFactory):  # type: ignore[misc]
     status = JobStatus.QUEUED
     params: Any = factory.SubFactory(CardJobParamsFactory)
     resourceId = factory.LazyFunction(object_id)
+
+
+class CardFactory(MongoEngineFactory):  # type: ignore[misc]
+    """A stored card of some user with 100.00 of money, as the card.add job stores it."""
+
+    class Meta:
+        model = Card
+
+    cardUserId = factory.LazyFunction(object_id)
+    cardHolderName = "Ada Lovelace"
+    fingerprint = factory.LazyFunction(lambda: f"fp-{ObjectId()}")
+    last4 = "4242"
+    brand = "visa"
+    expireDate = "12/39"
+    money = Decimal("100.00")
+    inflight = factory.LazyFunction(list)
+    version = 0

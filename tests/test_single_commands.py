@@ -19,6 +19,7 @@ from pymongo import monitoring
 
 from shared.models import Card, Job, JobStatus
 from shared.models.base import find_one, find_one_and_update, update_one
+from tests.factories import CardFactory
 
 
 class Commands(monitoring.CommandListener):
@@ -44,18 +45,9 @@ monitoring.register(COMMANDS)  # before the test's connection exists (documents)
 
 @pytest.fixture
 def card(documents: None) -> Iterator[Card]:
-    card = Card(
-        cardUserId=str(ObjectId()),
-        cardHolderName="Ada",
-        fingerprint=f"f-{ObjectId()}",
-        last4="4242",
-        brand="visa",
-        expireDate="12/39",
-        money=Decimal("30.30"),
-        inflight=["debit:a:b"],
-        version=3,
+    card: Card = CardFactory.create(
+        cardHolderName="Ada", money=Decimal("30.30"), inflight=["debit:a:b"], version=3
     )
-    card.save(force_insert=True)
     yield card
     card.delete()
 

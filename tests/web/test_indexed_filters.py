@@ -36,6 +36,7 @@ from shared.models import Card, Job, Payment, PaymentState, PaymentToken, Refund
 from shared.services import inbox, jobs, payments, refunds
 from shared.settings import Settings
 from tests.environment import TEST_ENV
+from tests.factories import CardFactory
 from web import create_app
 
 #: The collections that grow with every payment and refund.
@@ -110,16 +111,7 @@ def test_charge_refund_and_reads_filter_what_grows_with_history_by_one_unique_in
     recorder: Recorder,
 ) -> None:
     user = str(ObjectId())
-    card = Card(
-        cardUserId=user,
-        cardHolderName="Ada Lovelace",
-        fingerprint=f"indexed:{uuid.uuid4().hex}",
-        last4="4242",
-        brand="visa",
-        expireDate="12/39",
-        money=Decimal("100.00"),
-    )
-    card.save(force_insert=True)
+    card = CardFactory.create(cardUserId=user)
     checkout = seed_checkout(user, total="59.97")
     job, _ = jobs.submit(
         DyingWebProcess(),
@@ -199,16 +191,7 @@ def test_documents_stored_before_the_keys_get_them_on_first_touch(
     """A payment, a job and an inbox entry of the previous version (no token, no statusKey) still work."""
     db.connect(settings)
     user = str(ObjectId())
-    card = Card(
-        cardUserId=user,
-        cardHolderName="Ada Lovelace",
-        fingerprint=f"legacy:{uuid.uuid4().hex}",
-        last4="4242",
-        brand="visa",
-        expireDate="12/39",
-        money=Decimal("100.00"),
-    )
-    card.save(force_insert=True)
+    card = CardFactory.create(cardUserId=user)
     job, _ = jobs.submit(
         DyingWebProcess(),
         job_type="payment.pay",

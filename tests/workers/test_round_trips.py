@@ -26,6 +26,7 @@ from shared import db
 from shared.models import Card, Job, LedgerEntry, Payment, RefundEvent
 from shared.services import inbox, outbox
 from shared.settings import Settings
+from tests.factories import CardFactory
 from tests.helpers import Client, charged_payments, token_for
 from web import create_app
 
@@ -150,6 +151,28 @@ def test_one_charge_asks_the_database_a_bounded_number_of_times(
     assert len(api_post) <= MAX_API_POST_PAY, api_post
     assert len(task) <= MAX_CHARGE_TASK, task
     assert len(poll) <= MAX_JOB_POLL, poll
+
+
+def test_a_waiting_poll_reads_the_job_once_per_interval(
+    settings: Settings, commands: Commands, seed_checkout: Callable[..., dict[str, Any]]
+) -> None:
+    """``Prefer: wait=1`` on a job that stays queued: one read by ``_id`` every 0.1 s, no more."""
+    app = create_app(settings, CapturingSender())  # the task is kept here: the job stays queued
+    http = app.test_client()
+    user = Client("", None)
+    headers = {"Authorization": f"Bearer {token_for(user.user_id)}"}
+    checkout = seed_checkout(user.user_id, total="1.00")
+    card = CardFactory.create(cardUserId=user.user_id)
+    location = http.post(f"/api/payment/pay/{checkout['_id']}?cardId={card.id}", headers=headers)
+    assert location.status_code == 202, location.get_json()
+
+    with commands.count() as reads:
+        response = http.get(location.headers["Location"], headers={**headers, "Prefer": "wait=1"})
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "queued"
+    assert set(reads) == {"find jobs"}, reads
+    # The first read, then at most one per 0.1 s of the second waited.
+    assert 5 <= len(reads) <= 12, reads
 
 
 def _number() -> str:

@@ -8,14 +8,16 @@ On the running servers, in a private database, broker prefix and topics:
    MongoDB commands of one charge (API and task), one job poll, one refund
    (bridge and task), by command and collection, and the time of each step;
 2. **the service's processes**: gunicorn, two worker nodes of one pool
-   process each and one refund bridge (as ``make dev``): no-op
+   process each and one refund bridge (as ``make dev``): first 3,000
+   unmeasured charges that warm the servers' JVMs (``--warmup-charges``,
+   :func:`warm_servers`), then no-op
    ``system.ping`` one at a time and all at once, charges from one client
    and from eight, bursts of refund events and a steady 20 events/s, each
    with its step breakdown; then a plain 2-process Celery prefork worker
    (bench/noop_app.py) on the same broker;
 3. **the goals** of issue 10 as ratios, PASS or MISS (reported, not asserted);
-4. **memory**: RSS of an API worker and a Celery pool process after 1,000
-   charges and after ``--memory-charges``;
+4. **memory**: RSS of an API worker and a Celery pool process after the
+   charges so far (the warm-up's included), and after ``--memory-charges``;
 5. **scaling**: charges/s and refunds/s with 1, 2 and 4 worker processes
    and with 1 and 2 bridges.
 
@@ -26,6 +28,7 @@ The machine is shared: compare ratios within one run, not across runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -64,10 +67,13 @@ class Sizes:
     steady: int  # events at 20/s
     scale_charges: int
     scale_refunds: int
+    warmup: int  # charges before any charge is measured (warm_servers)
 
 
-FULL = Sizes(30, 150, 1000, 400, 1000, 1, 200, 160, 300)
-QUICK = Sizes(10, 40, 300, 96, 300, 1, 60, 48, 200)
+FULL = Sizes(30, 150, 1000, 400, 1000, 1, 200, 160, 300, 3000)
+QUICK = Sizes(10, 40, 300, 96, 300, 1, 60, 48, 200, 500)
+#: Charges per line of the warm-up table.
+WARMUP_BATCH = 500
 
 
 def say(text: str = "") -> None:
@@ -147,19 +153,47 @@ def cpu_per_charge(before: dict[str, float], after: dict[str, float], charges: i
 
 
 def memory(stack: Any, charger: Any, charges: int) -> None:
-    """RSS of the largest API worker and of node 1's pool process, every few thousand charges."""
-    say("(2 worker nodes; charges from 8 clients; each line as it is measured)")
+    """RSS of the largest API worker and of node 1's pool process, now and every few thousand charges."""
+    say("(2 worker nodes; charges from 8 clients, the warm-up's included; each line as it is measured)")
     headers = ["charges so far", "charges/s", "API worker (largest)", "pool process of node 1"]
     say(" | ".join(headers))
-    marks = [m for m in (1000, 2000, 5000, 10000, 20000) if m < charges]
-    for target in sorted({*marks, max(1000, charges)}):
-        rate: Any = "-"
-        if charger.count < target:
-            done, wall = charger.run(target - charger.count, 8)
-            rate = f"{len(done) / wall:.1f}"
+
+    def reading(rate: str) -> None:
         api = max(rss_mib(p) for p in stack.api_worker_pids())
         pool = rss_mib(stack.pool_pids()[0])
         say(f"{charger.count} | {rate} | {api:.1f} | {pool:.1f}")
+
+    reading("-")
+    marks = {m for m in (1000, 2000, 5000, 10000, 20000) if charger.count < m < charges}
+    for target in sorted(marks | {charges}):
+        if charger.count < target:
+            done, wall = charger.run(target - charger.count, 8)
+            reading(f"{len(done) / wall:.1f}")
+
+
+def warm_servers(charger: Any, count: int) -> None:
+    """``count`` charges from 8 clients before any is measured, a line per batch.
+
+    The servers are JVMs (the MongoDB-protocol server, Kafka) that compile
+    their hot code as it runs: on a server just started, the first 400
+    charges cost it 27.5 ms of CPU each and the batches after 2,500 about
+    5 ms (Kafka 6 ms, then about 1), and the charges/s doubled.  Measured
+    cold, charges would be compared with no-op tasks that never touch
+    MongoDB.  Each line shows a batch's rate and the servers' CPU per
+    charge, so the reader sees whether they had settled.
+    """
+    if count <= 0:
+        say("warm-up: none (--warmup-charges 0)")
+        return
+    say(f"warm-up: {count} charges from 8 clients, not measured (the servers' JIT; see warm_servers)")
+    say(" | ".join(["charges so far", "charges/s", "MongoDB CPU ms per charge", "Kafka CPU ms per charge"]))
+    while charger.count < count:
+        before = server_cpu()
+        done, wall = charger.run(min(WARMUP_BATCH, count - charger.count), 8)
+        after = server_cpu()
+        per = {k: 1000 * (after[k] - before[k]) / len(done) for k in after if k in before}
+        mongo, kafka = per.get("mongo", float("nan")), per.get("kafka", float("nan"))
+        say(f"{charger.count} | {len(done) / wall:.1f} | {mongo:.1f} | {kafka:.1f}")
 
 
 def measure_charges(
@@ -174,6 +208,7 @@ def measure_charges(
 
     ping_latency(stack, 20)  # warm-up: connections, pools, indexes
     charger.run(16, 8)
+    warm_servers(charger, size.warmup)
     if pings_alone:
         say(f"no-op system.ping, one at a time: {summary(ping_latency(stack, size.alone))}")
     alone, _ = charger.run(size.alone, 1)
@@ -301,6 +336,12 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
     )
     parser.add_argument("--memory-only", action="store_true", help="only the memory readings (section 5)")
     parser.add_argument(
+        "--warmup-charges",
+        type=int,
+        default=None,
+        help="unmeasured charges before section 2 warms the servers (default 3000, --quick 500; 0: none)",
+    )
+    parser.add_argument(
         "--refunds-only",
         action="store_true",
         help="only the refund part: its round trips, bursts, steady run and goals (with --quick: smaller)",
@@ -312,6 +353,8 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
     )
     args = parser.parse_args()
     size = QUICK if args.quick else FULL
+    if args.warmup_charges is not None:
+        size = dataclasses.replace(size, warmup=args.warmup_charges)
     from bench.charge_latency import Charger, ping_rate
     from bench.refund_throughput import PAYMENTS, one_run, seed
     from bench.stack import Stack

@@ -82,15 +82,8 @@ def decide_many(
     The operations are applied together or not at all (one conditional
     update): several credits of one card in a refund batch, say.
     """
-    return update_one(
-        Card,
-        # The guards last: no caller's filter can stand in for them.
-        {**(filters or {}), "id": card.id, "version": card.version, "inflight__nin": [*names, *excludes]},
-        push_all__inflight=list(names),
-        inc__version=1,
-        set__updatedAt=utcnow(),
-        **(changes or {}),
-    )
+    query, update = _decision(card, names, excludes, filters, changes)
+    return update_one(Card, query, **update)
 
 
 def decide_op(
@@ -101,23 +94,46 @@ def decide_op(
     changes: dict[str, Any] | None = None,
 ) -> UpdateOne:
     """:func:`decide_many` as one operation of a bulk write (whose answer says only how many matched)."""
-    query = transform.query(
-        Card, id=card.id, version=card.version, inflight__nin=list(names), **(filters or {})
-    )
-    update = transform.update(
-        Card, push_all__inflight=list(names), inc__version=1, set__updatedAt=utcnow(), **(changes or {})
-    )
-    return UpdateOne(query, update)
+    query, update = _decision(card, names, (), filters, changes)
+    return UpdateOne(transform.query(Card, **query), transform.update(Card, **update))
+
+
+def _decision(
+    card: Card,
+    names: list[str],
+    excludes: tuple[str, ...],
+    filters: dict[str, Any] | None,
+    changes: dict[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The filter and the update of a decision, alone or in a bulk write.
+
+    The guards come last in the filter: no caller's filter can stand in for them.
+    """
+    query = {**(filters or {}), "id": card.id, "version": card.version, "inflight__nin": [*names, *excludes]}
+    update = {
+        "push_all__inflight": list(names),
+        "inc__version": 1,
+        "set__updatedAt": utcnow(),
+        **(changes or {}),
+    }
+    return query, update
 
 
 def settle_op(card_id: str, names: list[str]) -> UpdateOne:
     """:func:`settle` as one operation of a bulk write."""
-    query = transform.query(Card, id=card_id, inflight__in=list(names))
-    return UpdateOne(query, transform.update(Card, pull_all__inflight=list(names), inc__version=1))
+    query, update = _settlement(card_id, names)
+    return UpdateOne(transform.query(Card, **query), transform.update(Card, **update))
 
 
 def settle(card_id: str, *names: str) -> None:
     """Forget settled operations; call only once their outcome is recorded elsewhere."""
-    update_one(
-        Card, {"id": card_id, "inflight__in": list(names)}, pull_all__inflight=list(names), inc__version=1
-    )
+    query, update = _settlement(card_id, list(names))
+    update_one(Card, query, **update)
+
+
+def _settlement(card_id: str, names: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The filter and the update that pull ``names`` from the card, alone or in a bulk write."""
+    return {"id": card_id, "inflight__in": list(names)}, {
+        "pull_all__inflight": list(names),
+        "inc__version": 1,
+    }

@@ -37,7 +37,6 @@ A call that fails below HTTP says which urllib3 error it met
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import threading
@@ -155,14 +154,14 @@ def _new_pool_manager(base_url: str) -> urllib3.PoolManager:
     return urllib3.ProxyManager(proxy, proxy_headers=proxy_headers, **pooling, **tls)
 
 
-@functools.lru_cache(maxsize=8)
 def _environment(base_url: str) -> tuple[dict[str, str], bool | str]:
     """The proxies and the TLS verification the environment gives calls to ``base_url``.
 
     What requests itself would work out from the environment on each call
     (HTTP(S)_PROXY and NO_PROXY for this host, REQUESTS_CA_BUNDLE or
     CURL_CA_BUNDLE), which costs a walk through every environment variable,
-    twice, per call: the largest part of a call's CPU on a loopback service.
+    twice, per call: here once, for the pool manager of the address
+    (:func:`_pool_manager` keeps it for the process).
     """
     with requests.Session() as probe:
         found = probe.merge_environment_settings(base_url, {}, None, None, None)

@@ -453,11 +453,9 @@ def purge_expired(limit: int) -> int:
     removes anything, so this sweep makes expiry hold on both.  Only ended
     jobs carry ``expiresAt``; a job reopened meanwhile has lost it.
     """
-    now = utcnow()
-    expired = [
-        job.id for job in Job.objects(expiresAt__lt=now, status__in=list(ENDED)).only("id").limit(limit)
-    ]
+    now, ended = utcnow(), list(ENDED)
+    expired = [job.id for job in Job.objects(expiresAt__lt=now, status__in=ended).only("id").limit(limit)]
     if not expired:
         return 0
-    deleted: int = Job.objects(id__in=expired, expiresAt__lt=now, status__in=list(ENDED)).delete()
+    deleted: int = Job.objects(id__in=expired, expiresAt__lt=now, status__in=ended).delete()
     return deleted

@@ -60,15 +60,13 @@ ROUTING = (
 
 @pytest.fixture(autouse=True)
 def _fresh_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No proxy or CA bundle from the developer's environment; no pool or resolution left by another test."""
+    """No proxy or CA bundle from the developer's environment; no pool left by another test."""
     for name in ROUTING:
         monkeypatch.delenv(name, raising=False)
-    checkout._environment.cache_clear()
     yield
     for manager in checkout._managers.values():
         manager.clear()  # its kept-alive connections
     checkout._managers.clear()
-    checkout._environment.cache_clear()
 
 
 # -- a checkout service -------------------------------------------------------------------------

@@ -44,13 +44,12 @@ class ServedApp:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-        # The rate limiter's Redis connections are the app's own: closed here,
+        # The rate limits' Redis connections are the app's own: closed here,
         # not left to the garbage collector (which warns of each open socket
         # in whichever test it happens to run).
-        limiter = getattr(self.server.app, "extensions", {}).get("rate_limiter")
-        client = getattr(getattr(limiter, "storage", None), "storage", None)
-        if client is not None:
-            client.close()
+        limits = getattr(self.server.app, "extensions", {}).get("rate_limits")
+        if limits is not None:
+            limits.close()
 
 
 def wait_until(

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import logging
-import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, current_app, json, request
-from flask_limiter import Limiter
-from flask_limiter.errors import RateLimitExceeded
+from flask import Flask, Response, json, request
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.errors import ConnectionFailure
 from werkzeug import exceptions as http
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
-from shared.errors import RateLimited, ServiceError, ServiceUnavailable
+from shared.errors import ServiceError, ServiceUnavailable
 from shared.services.views import FieldError, optional, wire_title
 
 log = logging.getLogger(__name__)
@@ -100,20 +96,6 @@ def register_error_handlers(app: Flask) -> None:
     def _service_error(error: ServiceError) -> Response:
         headers = {} if error.retry_after is None else {"Retry-After": str(error.retry_after)}
         return problem_response(error.to_dict(), headers)
-
-    @app.errorhandler(RateLimitExceeded)
-    def _rate_limited(error: RateLimitExceeded) -> Response:
-        # Flask-Limiter's own exception, raised before the view: one of the
-        # per-user limits of web.limits is spent until its window moves on.
-        limiter: Limiter | None = current_app.extensions.get("rate_limiter")
-        breached = limiter.current_limit if limiter is not None else None
-        wait = max(1, math.ceil(breached.window.reset_time - time.time())) if breached is not None else 1
-        limited = RateLimited(
-            f"At most {error.limit.limit} of these requests per user; retry after {wait} s.",
-            extra={"retryAfter": wait},
-            retry_after=wait,
-        )
-        return _service_error(limited)
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:

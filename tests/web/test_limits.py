@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import statistics
 import subprocess
 import sys
@@ -97,6 +98,15 @@ def test_writes_over_the_budget_answer_429_problem_json_with_retry_after(limited
     assert greedy.call("GET", f"/get/{ObjectId()}").status_code == 404
 
 
+def test_each_of_several_budgets_counts_and_the_spent_one_is_named(limited_api: Any) -> None:
+    api = limited_api(rate_limit_writes="100/hour;2/minute")
+    client = Client(api.url)
+    pays = [client.pay(str(ObjectId()), str(ObjectId())) for _ in range(3)]
+    assert [r.status_code for r in pays[:2]] == [202, 202]
+    assert _is_rate_limited(pays[2])
+    assert pays[2].json()["detail"].startswith("At most 2 per 1 minute of these requests"), pays[2].json()
+
+
 def test_reads_over_the_budget_answer_429_but_health_and_the_document_stay_free(limited_api: Any) -> None:
     api = limited_api(rate_limit_reads="3/minute")
     client = Client(api.url)
@@ -153,6 +163,17 @@ def test_a_forged_token_naming_a_user_cannot_spend_that_users_budget(limited_api
         )
         assert answer.status_code in (401, 429)
     assert [victim.pay(str(ObjectId()), str(ObjectId())).status_code for _ in range(2)] == [202, 202]
+
+
+def test_with_redis_away_requests_are_not_limited_rather_than_refused(limited_api: Any) -> None:
+    # The counts live in the broker's Redis: while it is away, reads of MongoDB
+    # go on (unlimited); nothing answers 429 or 500 for want of a count.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        away = f"redis://127.0.0.1:{closed.getsockname()[1]}/0"  # bound, never listening
+        api = limited_api(rate_limit_reads="2/minute", broker_url=away)
+        client = Client(api.url)
+        assert [client.call("GET", f"/find/{ObjectId()}").status_code for _ in range(4)] == [404] * 4
 
 
 @pytest.mark.slow

@@ -42,7 +42,10 @@ from pymongo import monitoring
 
 from bench import roundtrips
 from bench.common import (
+    CpuRun,
     Goal,
+    children,
+    cpu_account,
     cpu_seconds,
     listener_pid,
     percentile,
@@ -80,8 +83,12 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def plain_rate(stack: Any, count: int) -> float:
-    """No-op tasks/s of a plain Celery worker with 2 prefork processes on the same broker."""
+def plain_rate(stack: Any, count: int) -> CpuRun:
+    """No-op tasks/s of a plain Celery worker with 2 prefork processes on the same broker.
+
+    With the CPU per task of every process in ms (the worker's, the servers',
+    this one's), as :func:`all_cpu` counts it.
+    """
     from bench.charge_latency import task_rate
     from bench.stack import TaskEvents, _start
 
@@ -107,7 +114,14 @@ def plain_rate(stack: Any, count: int) -> float:
         send = lambda: app.send_task("noop").id  # noqa: E731
         wait = lambda ids: events.wait_all(ids, timeout=120)  # noqa: E731
         task_rate(send, wait, 100)
-        return task_rate(send, wait, count)
+
+        def cpu() -> dict[str, float]:
+            plain = sum(cpu_seconds(pid) for pid in [proc.pid, *children(proc.pid)])
+            return {**server_cpu(), "plain worker": plain, "bench": cpu_seconds(os.getpid())}
+
+        before = cpu()
+        rate = task_rate(send, wait, count)
+        return CpuRun(rate, per_operation(before, cpu(), count))
     finally:
         stack._stop(proc)
         events.close()
@@ -147,9 +161,30 @@ def service_cpu(stack: Any) -> dict[str, float]:
     return {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
 
 
-def cpu_per_charge(before: dict[str, float], after: dict[str, float], charges: int) -> str:
-    parts = [f"{k} {1000 * (after[k] - before[k]) / charges:.1f}" for k in after if k in before]
-    return ", ".join(parts)
+def all_cpu(stack: Any) -> dict[str, float]:
+    """CPU seconds so far of every process a charge runs through: the service's, the servers', this one's."""
+    return {**service_cpu(stack), **server_cpu(), "bench": cpu_seconds(os.getpid())}
+
+
+def per_operation(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+    """CPU ms per operation of each process group, between two readings of :func:`all_cpu`."""
+    return {k: 1000 * (after[k] - before[k]) / count for k in after if k in before}
+
+
+def cpu_per_charge(per: dict[str, float], keys: tuple[str, ...]) -> str:
+    return ", ".join(f"{k} {per[k]:.1f}" for k in keys if k in per)
+
+
+@dataclass
+class ChargeRun:
+    """Section 2's charge figures: latencies, rates, and the CPU per charge and per no-op task (ms)."""
+
+    alone: list[Any]
+    noop: float
+    loaded: list[Any]
+    charge_rate: float
+    charge_cpu: dict[str, float]
+    noop_cpu: dict[str, float]
 
 
 def memory(stack: Any, charger: Any, charges: int) -> None:
@@ -196,13 +231,10 @@ def warm_servers(charger: Any, count: int) -> None:
         say(f"{charger.count} | {len(done) / wall:.1f} | {mongo:.1f} | {kafka:.1f}")
 
 
-def measure_charges(
-    stack: Any, charger: Any, size: Sizes, pings_alone: bool = False
-) -> tuple[list[Any], float, list[Any], float]:
-    """Section 2's charges: warm-up, one client, the no-op rate, 8 clients with their CPU, the steps.
+def measure_charges(stack: Any, charger: Any, size: Sizes, pings_alone: bool = False) -> ChargeRun:
+    """Section 2's charges: warm-up, one client, the no-op rate, 8 clients, the CPU of each, the steps.
 
-    Returns (one-client charges, no-op tasks/s, 8-client charges, charges/s);
-    with ``pings_alone``, no-op pings one at a time are measured after the warm-up too.
+    With ``pings_alone``, no-op pings one at a time are measured after the warm-up too.
     """
     from bench.charge_latency import ping_latency, ping_rate, steps, steps_table
 
@@ -213,27 +245,43 @@ def measure_charges(
         say(f"no-op system.ping, one at a time: {summary(ping_latency(stack, size.alone))}")
     alone, _ = charger.run(size.alone, 1)
     say(f"charge, one client: {summary([c.latency for c in alone])}")
+    before = all_cpu(stack)
     noop = ping_rate(stack, size.noop)
+    noop_cpu = per_operation(before, all_cpu(stack), size.noop)
     say(f"no-op system.ping, {size.noop} at once: {noop:.1f} tasks/s")
-    cpu0, srv0, own0 = service_cpu(stack), server_cpu(), {"bench": cpu_seconds(os.getpid())}
+    say(f"  CPU ms per task: {cpu_per_charge(noop_cpu, tuple(noop_cpu))}")
+    before, started = all_cpu(stack), time.monotonic()
     loaded, wall = charger.run(size.loaded, 8)
-    cpu1, srv1, own1 = service_cpu(stack), server_cpu(), {"bench": cpu_seconds(os.getpid())}
+    after, elapsed = all_cpu(stack), time.monotonic() - started
     charge_rate = len(loaded) / wall
+    per = per_operation(before, after, len(loaded))
     say(f"charge, 8 clients: {summary([c.latency for c in loaded])}, {charge_rate:.1f} charges/s")
-    say(f"  CPU ms per charge: {cpu_per_charge(cpu0, cpu1, len(loaded))}")
-    say(f"  servers' CPU ms per charge (shared, noisy): {cpu_per_charge(srv0, srv1, len(loaded))}")
+    say(f"  CPU ms per charge: {cpu_per_charge(per, ('api', 'workers'))}")
+    say(f"  servers' CPU ms per charge (shared, noisy): {cpu_per_charge(per, ('mongo', 'redis', 'kafka'))}")
     # The load's side: the 8 clients, the checkout stand-in and the task-event receiver.
-    own = cpu_per_charge(own0, own1, len(loaded))
-    say(f"  this process's CPU ms per charge (clients, checkout stand-in): {own}")
-    pairs = ((cpu0, cpu1), (srv0, srv1), (own0, own1))
-    spent = sum(after[k] - before[k] for before, after in pairs for k in after if k in before)
-    per_charge, cores = 1000 * spent / len(loaded), spent / wall
-    say(f"  all of it: {per_charge:.1f} ms per charge, {cores:.2f} of {os.cpu_count()} cores")
+    say(f"  this process's CPU ms per charge (clients, checkout stand-in): {cpu_per_charge(per, ('bench',))}")
+    cores = sum(after[k] - before[k] for k in after if k in before) / elapsed
+    say(f"  all of it: {sum(per.values()):.1f} ms per charge, {cores:.2f} of {os.cpu_count()} cores")
     say("\ncharge steps, one client (ms):")
     say(steps_table(steps(alone)))
     say("\ncharge steps, 8 clients (ms):")
     say(steps_table(steps(loaded)))
-    return alone, noop, loaded, charge_rate
+    return ChargeRun(alone, noop, loaded, charge_rate, per, noop_cpu)
+
+
+def run_goals(run: ChargeRun, plain: float) -> tuple[Goal, Goal, Goal]:
+    alone_median = statistics.median(c.latency for c in run.alone)
+    loaded_p99 = percentile([c.latency for c in run.loaded], 0.99)
+    return charge_goals(run.charge_rate, run.noop, plain, loaded_p99, alone_median)
+
+
+def charge_cpu_account(run: ChargeRun, plain: CpuRun) -> None:
+    """What the charge goals allow a charge in CPU, against what it takes (after section 3's goals)."""
+    say("\nwhat the charge goals allow a charge in CPU (every process, this run):")
+    alone_median = statistics.median(c.latency for c in run.alone)
+    charges, noop = CpuRun(run.charge_rate, run.charge_cpu), CpuRun(run.noop, run.noop_cpu)
+    for line in cpu_account(charges, noop, plain, os.cpu_count() or 1, alone_median):
+        say(line)
 
 
 def charge_goals(
@@ -389,7 +437,8 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
         stack.workers(2)
         stack.bridges(1)
         charger = Charger(stack)
-        alone, noop, loaded, charge_rate = measure_charges(stack, charger, size, pings_alone=True)
+        measured = measure_charges(stack, charger, size, pings_alone=True)
+        noop, charge_rate = measured.noop, measured.charge_rate
         bursts = []
         for _ in range(size.bursts):
             bursts.append(one_run(stack, payment_ids, size.burst))
@@ -401,17 +450,16 @@ def main() -> int:  # noqa: PLR0915 - one report, in order
         say("\nrefund steps, steady 20/s (ms):")
         say(table(["step", "median ms", "p99 ms"], _rows(steady.steps)))
         plain = plain_rate(stack, size.noop)
-        say(f"\nplain Celery (2 prefork processes) no-op, {size.noop} at once: {plain:.1f} tasks/s")
+        say(f"\nplain Celery (2 prefork processes) no-op, {size.noop} at once: {plain.rate:.1f} tasks/s")
         refund_rate = statistics.median(b.events_per_s for b in bursts)
         burst_p99 = statistics.median(percentile(b.latencies, 0.99) for b in bursts)
-        alone_median = statistics.median(c.latency for c in alone)
-        loaded_p99 = percentile([c.latency for c in loaded], 0.99)
 
         say("\n== 3. goals of issue 10 (ratios within this run; reported, not asserted) ==")
-        charge = charge_goals(charge_rate, noop, plain, loaded_p99, alone_median)
+        charge = run_goals(measured, plain.rate)
         goals = [charge[0], charge[1], *refund_goals(refund_rate, noop, burst_p99, size.burst), charge[2]]
         for goal in goals:
             say(goal.line())
+        charge_cpu_account(measured, plain)
 
         say("\n== 4. scaling (worker nodes of 1 pool process; bridges) ==")
         rows: list[list[Any]] = [[2, 1, noop, charge_rate, bursts[-1].events_per_s]]
@@ -464,14 +512,13 @@ def charges_only(stack: Any, size: Sizes) -> int:
 
     charger = Charger(stack)
     load = os.getloadavg()[0]
-    alone, noop, loaded, charge_rate = measure_charges(stack, charger, size)
+    run = measure_charges(stack, charger, size)
     plain = plain_rate(stack, size.noop)
-    say(f"\nplain Celery (2 prefork processes) no-op, {size.noop} at once: {plain:.1f} tasks/s")
-    alone_median = statistics.median(c.latency for c in alone)
-    loaded_p99 = percentile([c.latency for c in loaded], 0.99)
+    say(f"\nplain Celery (2 prefork processes) no-op, {size.noop} at once: {plain.rate:.1f} tasks/s")
     say("\n== 3. charge goals of issue 10 (ratios within this run; reported, not asserted) ==")
-    for goal in charge_goals(charge_rate, noop, plain, loaded_p99, alone_median):
+    for goal in run_goals(run, plain.rate):
         say(goal.line())
+    charge_cpu_account(run, plain)
     say(f"load average: {load:.1f} at the start of the charges, {os.getloadavg()[0]:.1f} at the end")
     return 0
 

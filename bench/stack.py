@@ -194,7 +194,7 @@ class Stack:
         self.worker_procs: list[subprocess.Popen[bytes]] = []
         self.bridge_procs: list[subprocess.Popen[bytes]] = []
         self._nodes = 0
-        self.url = f"http://127.0.0.1:{self.port}/api/payment"
+        self.path = "/api/payment"
         if api:
             bin_dir = Path(sys.executable).parent
             self.api = _start(

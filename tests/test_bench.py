@@ -17,9 +17,11 @@ from pymongo import MongoClient
 from bench.common import (
     Command,
     CommandCounter,
+    CpuRun,
     Goal,
     NotReady,
     by_command,
+    cpu_account,
     paced,
     percentile,
     schedule,
@@ -88,6 +90,40 @@ def test_goals_print_ratio_raw_figures_and_a_verdict() -> None:
     assert at_most.met
     assert at_most.line().startswith("PASS  p99 / median: 2.00 (goal <= 3)")
     assert Goal("x", 1.0, 0.0, 1.0, True, "").ratio == float("inf")
+
+
+def test_the_cpu_account_compares_a_charge_with_what_each_goal_allows() -> None:
+    charge = CpuRun(60.0, {"api": 6.0, "workers": 12.0, "mongo": 6.0, "bench": 6.0})  # 30 ms
+    noop = CpuRun(250.0, {"api": 0.0, "workers": 6.0, "mongo": 0.0, "bench": 2.0})  # 8 ms
+    plain = CpuRun(300.0, {"plain worker": 4.0, "bench": 1.0})
+    lines = cpu_account(charge, noop, plain, cores=2, alone_median=0.025)
+    rows = lines[0].splitlines()
+    assert rows[0].split() == [
+        "CPU",
+        "ms",
+        "per",
+        "operation",
+        "charge",
+        "no-op",
+        "task",
+        "a",
+        "charge",
+        "adds",
+    ]
+    assert rows[2].split() == ["api", "6.00", "0.00", "6.00"]
+    assert rows[-1].split() == ["all", "30.0", "8.00", "22.0"]
+    assert lines[1] == "cores busy: charges 1.80, no-op tasks 2.00, plain Celery 1.50 of 2"
+    # 30 / 8 = 3.75 no-op tasks; 0.4 allows 2.5 (20 ms), leaving 1.5 x 8 = 12 ms for what a charge adds.
+    assert lines[2] == (
+        "a charge takes the CPU of 3.8 no-op tasks of the same workers; "
+        "the goal of 0.4 allows 2.5 (20.0 ms), "
+        "leaving 12.0 ms for what a charge adds to a task (it adds 22.0)"
+    )
+    assert lines[3].startswith("a charge takes the CPU of 6.0 plain Celery no-op tasks (5.0 ms each); ")
+    assert lines[3].endswith("the goal of 0.25 allows 4 (20.0 ms)")
+    # 8 / (3 x 25 ms) = 107 charges/s: 2 cores / 107 = 18.75 ms per charge, 2.3 no-op tasks.
+    assert "needs at least 107 charges/s" in lines[4]
+    assert lines[4].endswith("at most 18.8 ms of CPU per charge on 2 cores (2.3 no-op tasks)")
 
 
 def test_table_aligns_text_left_and_numbers_right() -> None:

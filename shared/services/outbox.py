@@ -131,7 +131,11 @@ def _publisher_queue() -> queue.Queue[tuple[Settings, Payment]]:
 
 
 #: The publisher thread waits this long after an event for others to send with it.
-PUBLISH_LINGER_SECONDS = 0.05
+#: A pool process charging 30 times a second fills a batch of about six in
+#: 0.2 s (one or two in 0.05 s, the value before): 0.7 ms less CPU per charge
+#: (the Kafka request, its acknowledgement and the flags' update shared by
+#: more), for an event that reaches Kafka at most 0.2 s after its charge.
+PUBLISH_LINGER_SECONDS = 0.2
 #: Events the publisher thread sends together at most.
 MAX_PUBLISH_BATCH = 200
 

@@ -250,18 +250,17 @@ def measure_charges(stack: Any, charger: Any, size: Sizes, pings_alone: bool = F
     noop_cpu = per_operation(before, all_cpu(stack), size.noop)
     say(f"no-op system.ping, {size.noop} at once: {noop:.1f} tasks/s")
     say(f"  CPU ms per task: {cpu_per_charge(noop_cpu, tuple(noop_cpu))}")
-    before, started = all_cpu(stack), time.monotonic()
+    before = all_cpu(stack)
     loaded, wall = charger.run(size.loaded, 8)
-    after, elapsed = all_cpu(stack), time.monotonic() - started
     charge_rate = len(loaded) / wall
-    per = per_operation(before, after, len(loaded))
+    per = per_operation(before, all_cpu(stack), len(loaded))
     say(f"charge, 8 clients: {summary([c.latency for c in loaded])}, {charge_rate:.1f} charges/s")
     say(f"  CPU ms per charge: {cpu_per_charge(per, ('api', 'workers'))}")
     say(f"  servers' CPU ms per charge (shared, noisy): {cpu_per_charge(per, ('mongo', 'redis', 'kafka'))}")
     # The load's side: the 8 clients, the checkout stand-in and the task-event receiver.
     say(f"  this process's CPU ms per charge (clients, checkout stand-in): {cpu_per_charge(per, ('bench',))}")
-    cores = sum(after[k] - before[k] for k in after if k in before) / elapsed
-    say(f"  all of it: {sum(per.values()):.1f} ms per charge, {cores:.2f} of {os.cpu_count()} cores")
+    busy = CpuRun(charge_rate, per).cores
+    say(f"  all of it: {sum(per.values()):.1f} ms per charge, {busy:.2f} of {os.cpu_count()} cores")
     say("\ncharge steps, one client (ms):")
     say(steps_table(steps(alone)))
     say("\ncharge steps, 8 clients (ms):")

@@ -50,6 +50,8 @@ WRITE_METHODS = frozenset({"POST", "DELETE", "PUT", "PATCH"})
 READ_METHODS = frozenset({"GET", "HEAD"})
 #: The blueprints whose routes are limited (the OpenAPI document lists their 429).
 LIMITED_BLUEPRINTS = (api.bp,)
+#: How long a request waits for the count in Redis before it goes on unlimited.
+COUNT_TIMEOUT_SECONDS = 0.5
 
 
 def _caller() -> str:
@@ -83,8 +85,14 @@ class RateLimits:
     def __init__(self, settings: Settings) -> None:
         # The limits library prefixes its keys with this; ours share the
         # broker's prefix, so test runs (and deployments) stay apart.
+        # A Redis that takes the connection and never answers costs a request
+        # COUNT_TIMEOUT_SECONDS, not forever: the request then goes on unlimited.
         self.storage = RedisStorage(
-            settings.broker_url, key_prefix=f"{settings.broker_key_prefix}ratelimit", wrap_exceptions=True
+            settings.broker_url,
+            key_prefix=f"{settings.broker_key_prefix}ratelimit",
+            wrap_exceptions=True,
+            socket_connect_timeout=COUNT_TIMEOUT_SECONDS,
+            socket_timeout=COUNT_TIMEOUT_SECONDS,
         )
         self._window = MovingWindowRateLimiter(self.storage)
         self._writes = parse_many(settings.rate_limit_writes)

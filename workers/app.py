@@ -50,6 +50,12 @@ BATCH_TIME_BUDGET_SECONDS = 45.0
 #: Events of a batch applied together (each step once for all of them).
 BATCH_CHUNK = 100
 
+#: How long a command to the broker waits for Redis to connect or answer; past
+#: it the send fails (and is retried by task_publish_retry_policy), so a write
+#: answers 503 within seconds when Redis hangs.  Well above the workers' BRPOP
+#: wait (kombu's brpop_timeout, 1 s), whose answer is read only once it came.
+BROKER_SOCKET_TIMEOUT_SECONDS = 5.0
+
 
 class PaymentCelery(Celery):
     """A Celery app that carries the typed settings it was built from."""
@@ -331,6 +337,14 @@ def create_celery(settings: Settings | None = None) -> PaymentCelery:
     }
     if settings.broker_key_prefix:
         transport_options["global_keyprefix"] = settings.broker_key_prefix
+    # The broker's own connections only (the result backend keeps Celery's
+    # redis_socket_timeout): without a timeout, a Redis that takes connections
+    # and never answers held a send, and the request waiting on it, forever.
+    broker_options = {
+        **transport_options,
+        "socket_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+    }
     app.conf.update(
         broker_url=settings.broker_url,
         # Celery prefers the CELERY_BROKER_URL environment variable to
@@ -338,8 +352,8 @@ def create_celery(settings: Settings | None = None) -> PaymentCelery:
         broker_read_url=settings.broker_url,
         broker_write_url=settings.broker_url,
         result_backend=settings.broker_url,
-        broker_transport_options=transport_options,
-        result_backend_transport_options=dict(transport_options),
+        broker_transport_options=broker_options,
+        result_backend_transport_options=transport_options,
     )
     # kombu's Redis transport reusing its client objects, under kombu's own names.
     broker.install()

@@ -10,13 +10,16 @@ from pathlib import Path
 
 import pytest
 import requests
+from bson import ObjectId
 
 from devstack import servers
 from devstack.servers import redis_command
+from shared.models import Job
 from tests.environment import make_settings
-from tests.helpers import token_for
+from tests.helpers import Client, token_for
 from tests.support import ServedApp, free_port, wait_until
 from web import create_app
+from workers.app import BROKER_SOCKET_TIMEOUT_SECONDS
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +102,25 @@ def test_readyz_answers_within_its_timeout_when_servers_hang() -> None:
     assert response.status_code == 503
     assert response.json()["checks"] == {"mongo": "ok", "redis": "failed", "kafka": "failed"}
     assert elapsed < 2.5, f"/readyz took {elapsed:.1f}s"
+
+
+def test_a_write_answers_503_within_seconds_and_keeps_nothing_when_the_broker_hangs() -> None:
+    # Redis takes the connection and never answers (a partition, a stuck
+    # server): the task's send times out and the write is refused, not held.
+    hole = BlackHole()
+    served = _served(CELERY_BROKER_URL=f"redis://127.0.0.1:{hole.port}/0")
+    client = Client(served.url)
+    try:
+        t0 = time.monotonic()
+        response = client.pay(str(ObjectId()), str(ObjectId()))
+        elapsed = time.monotonic() - t0
+    finally:
+        served.close()
+        hole.close()
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "service_unavailable"
+    assert elapsed < 6 * BROKER_SOCKET_TIMEOUT_SECONDS, f"the write took {elapsed:.1f}s"
+    assert Job.objects(ownerId=client.user_id).count() == 0  # not queued, so not accepted
 
 
 def test_readyz_answers_from_a_result_at_most_its_cache_period_old(tmp_path: Path) -> None:

@@ -20,9 +20,10 @@ service reads every payment it is told of from one address, and answers a
 must never share a per-address budget with anything else.
 
 The check is the ``limits`` library's moving window, called directly: one
-Redis script per request.  (Flask-Limiter, used before, resolved and parsed
-its limits again on every request: 0.9 ms of CPU per request over the 0.2 ms
-the count itself takes, a third of a job poll's.)
+Redis script per budget a request counts against (one, with a single
+budget).  Flask-Limiter, used before, resolved and parsed its limits again
+on every request: 0.9 ms of CPU per request over the 0.2 ms the count
+itself takes, a third of a job poll's.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 LIMITED_BLUEPRINTS = (api.bp,)
 #: How long a request waits for the count in Redis before it goes on unlimited.
 COUNT_TIMEOUT_SECONDS = 0.5
+#: After Redis failed to answer, requests go on unlimited, without asking it, for this long.
+PAUSE_AFTER_FAILURE_SECONDS = 5.0
 
 
 def _caller() -> str:
@@ -95,10 +98,12 @@ class RateLimits:
             socket_timeout=COUNT_TIMEOUT_SECONDS,
         )
         self._window = MovingWindowRateLimiter(self.storage)
-        self._writes = parse_many(settings.rate_limit_writes)
-        self._reads = parse_many(settings.rate_limit_reads)
-        self._service_reads = parse_many(settings.rate_limit_service_reads)
+        # From the shortest window to the longest, the order they are checked in.
+        self._writes = sorted(parse_many(settings.rate_limit_writes))
+        self._reads = sorted(parse_many(settings.rate_limit_reads))
+        self._service_reads = sorted(parse_many(settings.rate_limit_service_reads))
         self._limited = frozenset(bp.name for bp in LIMITED_BLUEPRINTS)
+        self._paused_until = 0.0  # after Redis failed to answer (per process; a race only repeats a pause)
 
     def check(self) -> None:
         """Count this request against its caller's budget; raise :class:`RateLimited` if it is spent."""
@@ -111,18 +116,27 @@ class RateLimits:
             budget = self._service_reads if _caller().startswith("service") else self._reads
         else:
             return
+        if time.monotonic() < self._paused_until:
+            return
         caller = _caller()
         try:
-            spent = [item for item in budget if not self._window.hit(item, caller, scope)]
-            if not spent:
+            # As Flask-Limiter did: the first budget spent refuses the request,
+            # which then counts against none of the longer windows after it.
+            spent = next((item for item in budget if not self._window.hit(item, caller, scope)), None)
+            if spent is None:
                 return
-            reset = max(self._window.get_window_stats(item, caller, scope).reset_time for item in spent)
+            reset = self._window.get_window_stats(spent, caller, scope).reset_time
         except StorageError:
             # Redis away: not limited rather than all refused (writes fail
-            # anyway without the broker; reads of MongoDB go on).
-            log.warning("rate limits not counted (Redis did not answer)", exc_info=True)
+            # anyway without the broker; reads of MongoDB go on), and not
+            # asked again for a while, so a silent Redis does not cost every
+            # request its timeout.
+            self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE_SECONDS
+            log.warning(
+                "rate limits not counted for %g s (Redis did not answer)", PAUSE_AFTER_FAILURE_SECONDS
+            )
             return
-        raise _limited(spent[0], reset)
+        raise _limited(spent, reset)
 
     def close(self) -> None:
         """Close the Redis connections of the count (the process's own; tests build many apps)."""

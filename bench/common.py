@@ -307,27 +307,30 @@ def cpu_account(charge: CpuRun, noop: CpuRun, plain: CpuRun, cores: int, alone_m
 
     ``charge`` and ``noop`` hold the CPU of every process (the service's, the
     servers', the bench's own) per charge and per no-op task of the same
-    workers; ``plain`` the plain Celery worker's run.  With the cores
-    saturated in each run (each line says how many were busy), a throughput
-    ratio is the inverse ratio of CPU per operation: charges at 0.4 of the
-    no-op rate may cost 2.5 no-op tasks each.  The p99 goal asks, by Little's
-    law (8 clients always waiting: mean latency = 8 / rate), at least
-    ``8 / (3 x alone_median)`` charges/s, so at most ``cores`` over that rate
-    in CPU per charge, however the rest is shaped.
+    workers; ``plain`` the plain Celery worker's run.  A rate is the cores a
+    run kept busy over its CPU per operation, so charges at 0.4 of the no-op
+    rate may cost 2.5 no-op tasks each, times the ratio of the cores the two
+    runs kept busy (1 when both saturate the machine).  The p99 goal asks, by
+    Little's law (8 clients always waiting: mean latency = 8 / rate), at
+    least ``8 / (3 x alone_median)`` charges/s, so at most ``cores`` over
+    that rate in CPU per charge, however the rest is shaped.
     """
     total, task = charge.total, noop.total
     rows = [[k, v, noop.cpu.get(k, 0.0), v - noop.cpu.get(k, 0.0)] for k, v in charge.cpu.items()]
     rows.append(["all", total, task, total - task])
+    noop_allows = 2.5 * task * charge.cores / noop.cores
+    plain_allows = 4 * plain.total * charge.cores / plain.cores
     p99_rate = 8 / (3 * alone_median)
     return [
         table(["CPU ms per operation", "charge", "no-op task", "a charge adds"], rows),
         f"cores busy: charges {charge.cores:.2f}, no-op tasks {noop.cores:.2f}, "
         f"plain Celery {plain.cores:.2f} of {cores}",
-        f"a charge takes the CPU of {total / task:.1f} no-op tasks of the same workers; "
-        f"the goal of 0.4 allows 2.5 ({2.5 * task:.1f} ms), leaving "
-        f"{1.5 * task:.1f} ms for what a charge adds to a task (it adds {total - task:.1f})",
+        f"a charge takes the CPU of {total / task:.1f} no-op tasks of the same workers; the goal of 0.4 "
+        f"allows {noop_allows:.1f} ms (2.5 tasks at the cores each run kept busy), leaving "
+        f"{noop_allows - task:.1f} ms for what a charge adds to a task (it adds {total - task:.1f})",
         f"a charge takes the CPU of {total / plain.total:.1f} plain Celery no-op tasks "
-        f"({plain.total:.1f} ms each); the goal of 0.25 allows 4 ({4 * plain.total:.1f} ms)",
+        f"({plain.total:.1f} ms each); the goal of 0.25 allows {plain_allows:.1f} ms "
+        "(4 tasks at the cores each run kept busy)",
         f"p99 <= 3 x {alone_median * 1000:.1f} ms with 8 clients needs at least {p99_rate:.0f} charges/s "
         f"(Little's law: mean latency = 8 / rate), at most {1000 * cores / p99_rate:.1f} ms of CPU "
         f"per charge on {cores} cores ({cores / p99_rate * 1000 / task:.1f} no-op tasks)",

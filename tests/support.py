@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -64,3 +66,52 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} not reached within {timeout}s")
         time.sleep(interval)
+
+
+class FreezableProxy:
+    """A TCP proxy on loopback to ``port`` that forwards until :meth:`freeze`, then holds every byte.
+
+    Stands for a server that stops answering on connections it already has
+    (a partition, a stuck process): the connections stay open, nothing
+    comes back.
+    """
+
+    def __init__(self, port: int) -> None:
+        self._target = port
+        self._frozen = threading.Event()
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        self._frozen.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        for sock in [self._listener, *self._sockets]:
+            sock.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self._target), timeout=5)
+            except OSError:
+                return
+            self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while not self._closed.is_set():
+                readable, _, _ = select.select([source], [], [], 0.05)
+                if readable and not self._frozen.is_set():
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    sink.sendall(data)

@@ -113,14 +113,18 @@ def test_the_cpu_account_compares_a_charge_with_what_each_goal_allows() -> None:
     assert rows[2].split() == ["api", "6.00", "0.00", "6.00"]
     assert rows[-1].split() == ["all", "30.0", "8.00", "22.0"]
     assert lines[1] == "cores busy: charges 1.80, no-op tasks 2.00, plain Celery 1.50 of 2"
-    # 30 / 8 = 3.75 no-op tasks; 0.4 allows 2.5 (20 ms), leaving 1.5 x 8 = 12 ms for what a charge adds.
+    # 30 / 8 = 3.75 no-op tasks; 0.4 allows 2.5 x 8 ms x 1.8 / 2.0 cores = 18 ms, 10 beyond a task:
+    # at 18 ms a charge would run at 1.8 cores / 18 ms = 100/s, 0.4 of 250.
     assert lines[2] == (
-        "a charge takes the CPU of 3.8 no-op tasks of the same workers; "
-        "the goal of 0.4 allows 2.5 (20.0 ms), "
-        "leaving 12.0 ms for what a charge adds to a task (it adds 22.0)"
+        "a charge takes the CPU of 3.8 no-op tasks of the same workers; the goal of 0.4 allows 18.0 ms "
+        "(2.5 tasks at the cores each run kept busy), leaving 10.0 ms for what a charge adds to a task "
+        "(it adds 22.0)"
     )
-    assert lines[3].startswith("a charge takes the CPU of 6.0 plain Celery no-op tasks (5.0 ms each); ")
-    assert lines[3].endswith("the goal of 0.25 allows 4 (20.0 ms)")
+    # 4 x 5 ms x 1.8 / 1.5 cores = 24 ms: 1.8 cores / 24 ms = 75/s, 0.25 of 300.
+    assert lines[3] == (
+        "a charge takes the CPU of 6.0 plain Celery no-op tasks (5.0 ms each); the goal of 0.25 allows "
+        "24.0 ms (4 tasks at the cores each run kept busy)"
+    )
     # 8 / (3 x 25 ms) = 107 charges/s: 2 cores / 107 = 18.75 ms per charge, 2.3 no-op tasks.
     assert "needs at least 107 charges/s" in lines[4]
     assert lines[4].endswith("at most 18.8 ms of CPU per charge on 2 cores (2.3 no-op tasks)")

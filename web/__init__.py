@@ -21,6 +21,15 @@ from web.limits import init_limits
 from web.metrics import init_metrics
 from web.problems import register_error_handlers
 
+#: How long the API's broker commands (a job's send, its task-sent event) wait
+#: for Redis to connect or answer.  A send is retried (task_publish_retry_policy,
+#: riding out a restart), each attempt waiting this long on a Redis that takes
+#: connections and never answers: a write then answers 503 after about 14 s
+#: on connections the API already had (tests/web/test_health.py), not 42 as
+#: with the workers' 5 s.  A timed-out send may still have been
+#: delivered; its job was deleted then, and the task ignores a job it cannot find.
+API_BROKER_TIMEOUT_SECONDS = 1.0
+
 
 class WireJSONProvider(DefaultJSONProvider):
     """Answers are written by ``shared.wire.dumps``: amounts exact, keys in the models' order."""
@@ -79,7 +88,7 @@ def create_app(settings: Settings | None = None, celery: Any = None) -> Flask:
     if celery is None:
         from workers.app import create_celery
 
-        celery = create_celery(settings)
+        celery = create_celery(settings, broker_timeout=API_BROKER_TIMEOUT_SECONDS)
     app.extensions["celery"] = celery
     if settings.trusted_proxy_hops:
         # Behind nginx every peer is the proxy: take the client's address from the

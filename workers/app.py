@@ -51,9 +51,10 @@ BATCH_TIME_BUDGET_SECONDS = 45.0
 BATCH_CHUNK = 100
 
 #: How long a command to the broker waits for Redis to connect or answer; past
-#: it the send fails (and is retried by task_publish_retry_policy), so a write
-#: answers 503 within seconds when Redis hangs.  Well above the workers' BRPOP
-#: wait (kombu's brpop_timeout, 1 s), whose answer is read only once it came.
+#: it the command fails (a send is retried by task_publish_retry_policy).  Well
+#: above the workers' BRPOP wait (kombu's brpop_timeout, 1 s), whose answer is
+#: read only once it came, and above the 2 s Redis may hold a write while its
+#: append-only file's fsync lags.  The API waits less (web.API_BROKER_TIMEOUT_SECONDS).
 BROKER_SOCKET_TIMEOUT_SECONDS = 5.0
 
 
@@ -324,8 +325,13 @@ def restore_sweep(seconds: int) -> dict[str, int]:
     return {"unacked_restore_interval": interval, "unacked_restore_throttle": max(1, seconds // interval)}
 
 
-def create_celery(settings: Settings | None = None) -> PaymentCelery:
-    """Build the Celery app from the settings (read from the environment if not given)."""
+def create_celery(
+    settings: Settings | None = None, *, broker_timeout: float = BROKER_SOCKET_TIMEOUT_SECONDS
+) -> PaymentCelery:
+    """Build the Celery app from the settings (read from the environment if not given).
+
+    ``broker_timeout``: how long a broker command waits for Redis to connect or answer.
+    """
     settings = settings or load_settings()
     configure_logging(settings.log_level)
     app = PaymentCelery("payment_service", task_cls=PaymentTask)
@@ -342,8 +348,8 @@ def create_celery(settings: Settings | None = None) -> PaymentCelery:
     # and never answers held a send, and the request waiting on it, forever.
     broker_options = {
         **transport_options,
-        "socket_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
-        "socket_connect_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+        "socket_timeout": broker_timeout,
+        "socket_connect_timeout": broker_timeout,
     }
     app.conf.update(
         broker_url=settings.broker_url,

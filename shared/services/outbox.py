@@ -134,7 +134,8 @@ def _publisher_queue() -> queue.Queue[tuple[Settings, Payment]]:
 #: A pool process charging 30 times a second fills a batch of about six in
 #: 0.2 s (one or two in 0.05 s, the value before): 0.7 ms less CPU per charge
 #: (the Kafka request, its acknowledgement and the flags' update shared by
-#: more), for an event that reaches Kafka at most 0.2 s after its charge.
+#: more), for an event that reaches Kafka about 0.2 s after its charge (plus
+#: the wait for the batch before it, when Kafka is slow to acknowledge).
 PUBLISH_LINGER_SECONDS = 0.2
 #: Events the publisher thread sends together at most.
 MAX_PUBLISH_BATCH = 200

@@ -116,9 +116,9 @@ class RateLimits:
             budget = self._service_reads if _caller().startswith("service") else self._reads
         else:
             return
+        caller = _caller()  # verifies the token once for the view too, counted or not
         if time.monotonic() < self._paused_until:
             return
-        caller = _caller()
         try:
             # As Flask-Limiter did: the first budget spent refuses the request,
             # which then counts against none of the longer windows after it.

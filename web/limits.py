@@ -109,14 +109,14 @@ class RateLimits:
         """Count this request against its caller's budget; raise :class:`RateLimited` if it is spent."""
         if request.blueprint not in self._limited:
             return  # health, readiness, the OpenAPI document, and URLs that match no route
+        if request.method not in WRITE_METHODS | READ_METHODS:
+            return  # OPTIONS
+        caller = _caller()  # verifies the token once for the view too, counted or not
         if request.method in WRITE_METHODS:
             scope, budget = "writes", self._writes
-        elif request.method in READ_METHODS:
-            scope = "reads"
-            budget = self._service_reads if _caller().startswith("service") else self._reads
         else:
-            return
-        caller = _caller()  # verifies the token once for the view too, counted or not
+            scope = "reads"
+            budget = self._service_reads if caller.startswith("service") else self._reads
         if time.monotonic() < self._paused_until:
             return
         try:

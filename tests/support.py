@@ -68,6 +68,19 @@ def wait_until(
         time.sleep(interval)
 
 
+class BlackHole:
+    """A port that accepts connections and never answers (a hung server)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class FreezableProxy:
     """A TCP proxy on loopback to ``port`` that forwards until :meth:`freeze`, then holds every byte.
 

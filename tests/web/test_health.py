@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ from devstack.servers import redis_command
 from shared.models import Job
 from tests.environment import make_settings
 from tests.helpers import Client, token_for
-from tests.support import FreezableProxy, ServedApp, free_port, wait_until
+from tests.support import BlackHole, FreezableProxy, ServedApp, free_port, wait_until
 from web import create_app
 
 
@@ -69,19 +68,6 @@ def test_readyz_is_503_and_tells_only_a_caller_with_a_token_why() -> None:
     detail = with_token.json()["checks"]["redis"]
     assert detail.startswith("ConnectionError")
     assert str(closed) in detail
-
-
-class BlackHole:
-    """A port that accepts connections and never answers (a hung server)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def test_readyz_answers_within_its_timeout_when_servers_hang() -> None:
